@@ -1,0 +1,142 @@
+"""The `avbench` command line. Each subcommand imports its module lazily, so `avbench --help`
+stays fast and a broken optional part never breaks the others."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bench import __version__
+
+
+def _add_bad_audio(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-bad-audio", choices=("error", "skip"), default="error",
+                   help="stop at the first corrupt/empty/silent/NaN file (default), or skip it, "
+                        "log it and list it in manifest.json")
+
+
+def _cmd_corpus_build(args: argparse.Namespace) -> int:
+    from bench.corpus.build import CorpusConfig, build_corpus, summary_text
+
+    overrides = {k: getattr(args, k) for k in ("speakers", "words", "renditions", "seed", "reverb_prob")
+                 if getattr(args, k) is not None}
+    config = CorpusConfig.from_size(args.size, **overrides)
+    corpus = build_corpus(config, out_root=args.out, workers=args.workers, force=args.force,
+                          progress=not args.quiet)
+    print(summary_text(corpus))
+    return 0
+
+
+def _cmd_corpus_info(args: argparse.Namespace) -> int:
+    from bench.corpus.build import find_corpus, summary_text
+
+    print(summary_text(find_corpus(args.path)))
+    return 0
+
+
+def _cmd_prepare_spc(args: argparse.Namespace) -> int:
+    from bench.manifest import read_manifest, summarize
+    from bench.prepare.spc import prepare_spc
+
+    path = prepare_spc(args.path, out_dir=args.out, on_bad_audio=args.on_bad_audio,
+                       progress=not args.quiet)
+    print(summarize(read_manifest(path)))
+    return 0
+
+
+def _cmd_prepare_lrw(args: argparse.Namespace) -> int:
+    from bench.manifest import read_manifest, summarize
+    from bench.prepare.lrw import prepare_lrw
+
+    path = prepare_lrw(args.path, out_dir=args.out, on_bad_audio=args.on_bad_audio,
+                       head_pose=args.head_pose, max_pose_deg=args.max_pose,
+                       mouth_crop=args.mouth_crop, progress=not args.quiet)
+    print(summarize(read_manifest(path)))
+    return 0
+
+
+def _cmd_manifest_show(args: argparse.Namespace) -> int:
+    from bench.manifest import read_manifest, summarize
+
+    print(summarize(read_manifest(args.path)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avbench", description="avbench: a benchmark harness for speech representations.")
+    parser.add_argument("--version", action="version", version=f"avbench {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    corpus = sub.add_parser("corpus", help="the embedded, offline-synthesised audiovisual word corpus")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    build = corpus_sub.add_parser("build", help="synthesise the corpus (reuses an identical build)")
+    build.add_argument("--size", choices=("small", "default", "large"), default="default")
+    build.add_argument("--speakers", type=int, help="number of synthetic speakers (overrides --size)")
+    build.add_argument("--words", type=int, help="use the first N of the 30 Speech Commands words")
+    build.add_argument("--renditions", type=int, help="renditions per speaker and word")
+    build.add_argument("--seed", type=int, help="random seed (default 0)")
+    build.add_argument("--reverb-prob", dest="reverb_prob", type=float,
+                       help="probability that a clip gets synthetic reverberation")
+    build.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    build.add_argument("--out", type=Path, default=None, help="parent folder (default $AVBENCH_DATA/corpora)")
+    build.add_argument("--force", action="store_true", help="rebuild even if this corpus id exists")
+    build.set_defaults(func=_cmd_corpus_build)
+    info = corpus_sub.add_parser("info", help="print the summary of a built corpus")
+    info.add_argument("path", nargs="?", default="default",
+                      help="corpus folder, manifest, or size name (default: default)")
+    info.set_defaults(func=_cmd_corpus_info)
+
+    prepare = sub.add_parser("prepare", help="turn a local copy of a real corpus into a manifest")
+    prep_sub = prepare.add_subparsers(dest="corpus", required=True)
+    spc = prep_sub.add_parser("spc", help="Speech Commands v0.01 or v0.02 (one folder per word)")
+    spc.add_argument("path", type=Path, help="the extracted speech_commands folder")
+    spc.add_argument("--out", type=Path, default=None,
+                     help="manifest folder (default $AVBENCH_DATA/prepared/spc-vX.XX)")
+    _add_bad_audio(spc)
+    spc.set_defaults(func=_cmd_prepare_spc)
+    lrw = prep_sub.add_parser("lrw", help="LRW (lipread_mp4/WORD/{train,val,test}/WORD_NNNNN.mp4)")
+    lrw.add_argument("path", type=Path, help="the lipread_mp4 folder (or its parent)")
+    lrw.add_argument("--out", type=Path, default=None,
+                     help="manifest folder (default $AVBENCH_DATA/prepared/lrw)")
+    lrw.add_argument("--head-pose", type=Path, default=None,
+                     help="CSV with columns clip_id,yaw,pitch,roll (degrees); keeps clips within --max-pose")
+    lrw.add_argument("--max-pose", type=float, default=10.0, help="max |yaw|,|pitch|,|roll| in degrees")
+    lrw.add_argument("--mouth-crop", type=str, default=None,
+                     help="fixed mouth crop x,y,w,h in pixels of the 256x256 frames")
+    _add_bad_audio(lrw)
+    lrw.set_defaults(func=_cmd_prepare_lrw)
+
+    manifest = sub.add_parser("manifest", help="inspect a manifest")
+    man_sub = manifest.add_subparsers(dest="manifest_command", required=True)
+    show = man_sub.add_parser("show", help="validate a manifest and print its summary")
+    show.add_argument("path", type=Path)
+    show.set_defaults(func=_cmd_manifest_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """avbench: a benchmark harness for speech representations."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from bench.audio import AudioError
+    from bench.manifest import ManifestError
+    from bench.prepare.common import CorpusLayoutError
+
+    try:
+        return int(args.func(args) or 0)
+    except (AudioError, ManifestError, CorpusLayoutError, FileNotFoundError) as exc:
+        # These errors name the file and the fix: print them, not a traceback (unless -v).
+        if args.verbose:
+            raise
+        print(f"avbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
