@@ -36,6 +36,22 @@ def _cmd_corpus_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corpus_check(args: argparse.Namespace) -> int:
+    from bench.corpus.build import find_corpus
+    from bench.corpus.checks import mouth_audio_correlation, nearest_centroid_accuracy
+
+    corpus = find_corpus(args.path)
+    corr = mouth_audio_correlation(corpus, max_clips=args.max_clips)
+    words = corpus.manifest.table["label"].nunique()
+    print(f"corpus: {corpus.path}")
+    print(f"mouth opening vs 40 ms RMS energy, Pearson r: all frames {corr.all_frames:.3f} "
+          f"(n={corr.n_frames}), speech frames {corr.speech_frames:.3f} (n={corr.n_speech_frames})")
+    print("nearest-centroid word accuracy on mean MFCC-13, train -> test speakers "
+          f"(chance {1 / words:.3f}): whole clip {nearest_centroid_accuracy(corpus):.3f}, "
+          f"speech span {nearest_centroid_accuracy(corpus, speech_only=True):.3f}")
+    return 0
+
+
 def _cmd_prepare_spc(args: argparse.Namespace) -> int:
     from bench.manifest import read_manifest, summarize
     from bench.prepare.spc import prepare_spc
@@ -90,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", nargs="?", default="default",
                       help="corpus folder, manifest, or size name (default: default)")
     info.set_defaults(func=_cmd_corpus_info)
+    check = corpus_sub.add_parser("check", help="data sanity figures: mouth/audio correlation, word separability")
+    check.add_argument("path", nargs="?", default="default",
+                       help="corpus folder, manifest, or size name (default: default)")
+    check.add_argument("--max-clips", type=int, default=2000,
+                       help="clips sampled for the correlation (default 2000)")
+    check.set_defaults(func=_cmd_corpus_check)
 
     prepare = sub.add_parser("prepare", help="turn a local copy of a real corpus into a manifest")
     prep_sub = prepare.add_subparsers(dest="corpus", required=True)
@@ -125,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from bench.audio import AudioError
+    from bench.errors import ConfigError
     from bench.manifest import ManifestError
     from bench.prepare.common import CorpusLayoutError
 
     try:
         return int(args.func(args) or 0)
-    except (AudioError, ManifestError, CorpusLayoutError, FileNotFoundError) as exc:
+    except (AudioError, ManifestError, CorpusLayoutError, ConfigError, FileNotFoundError) as exc:
         # These errors name the file and the fix: print them, not a traceback (unless -v).
         if args.verbose:
             raise

@@ -18,12 +18,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+import logging
 
+import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS = ("clip_id", "audio_path", "label", "speaker", "split", "num_samples", "sample_rate")
 OPTIONAL_COLUMNS = ("video_path", "mouth_track", "emotion", "start", "end")
 SPLITS = ("train", "valid", "test")
+log = logging.getLogger("avbench.manifest")
+
 MANIFEST_NAME = "manifest.csv"
 META_NAME = "manifest.json"
 
@@ -123,8 +127,10 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
         raise ManifestError(f"{source}: clip_id {table.loc[dup, 'clip_id'].iloc[0]!r} appears more "
                             "than once; clip ids must be unique.")
     for col in ("num_samples", "sample_rate"):
-        values = pd.to_numeric(table[col], errors="coerce")
-        bad = values.isna() | (values <= 0) | (values != values.round())
+        values = pd.to_numeric(table[col], errors="coerce").astype(float)
+        bad = values.isna() | ~np.isfinite(values) | (values <= 0) | (values != values.round())
+        if table[col].dtype == bool:  # True/False are not sample counts
+            bad[:] = True
         if bad.any():
             first = table.loc[bad, col].iloc[0]
             raise ManifestError(f"{source}: column {col!r} must hold positive integers; "
@@ -140,12 +146,15 @@ def write_manifest(table: pd.DataFrame, folder: str | Path, meta: dict[str, Any]
     csv_path = folder / MANIFEST_NAME
     table = validate_table(table.copy(), csv_path)
     table = table.sort_values("clip_id", kind="stable").reset_index(drop=True)
+    csv_bytes = table.to_csv(index=False, lineterminator="\n").encode()
     meta = dict(meta or {})
     meta["num_clips"] = int(len(table))
     meta["counts"] = {s: int((table["split"] == s).sum()) for s in SPLITS}
-    # The sidecar is written first: a manifest.csv that exists always has its metadata beside it.
+    meta["csv_sha256"] = hashlib.sha256(csv_bytes).hexdigest()
+    # The CSV is the source of truth and goes first; the sidecar names the CSV it describes, so a
+    # reader can tell a sidecar left over from another run (or a hand-edited CSV).
+    atomic_write_bytes(csv_path, csv_bytes)
     atomic_write_bytes(folder / META_NAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    atomic_write_bytes(csv_path, table.to_csv(index=False, lineterminator="\n").encode())
     return csv_path
 
 
@@ -170,6 +179,12 @@ def read_manifest(path: str | Path) -> Manifest:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{meta_path}: invalid JSON ({exc}). Re-run the preparer.") from exc
+        if meta.get("csv_sha256") and meta["csv_sha256"] != file_sha256(path):
+            # A hand-filtered CSV is legitimate; its stale counts are not. Recount, and say so.
+            log.warning("%s describes a different version of %s (edited by hand, or an interrupted "
+                        "write); counts are taken from the CSV", meta_path, path.name)
+            meta["counts"] = {s: int((table["split"] == s).sum()) for s in SPLITS}
+            meta["num_clips"] = int(len(table))
     return Manifest(path=path, table=table, meta=meta)
 
 

@@ -32,8 +32,8 @@ class BadAudioLog:
 
     def handle(self, path: Path, error: AudioError) -> None:
         if self.policy == "error":
-            raise AudioError(f"{error} (run with --on-bad-audio skip to leave such files out "
-                             "and list them in manifest.json)") from error
+            raise AudioError(f"{error} (to leave such files out and list them in manifest.json, "
+                             "use --on-bad-audio skip, or on_bad_audio='skip' from Python)") from error
         log.warning("skipping bad audio: %s", error)
         self.skipped.append({"path": str(path), "error": str(error)})
 
