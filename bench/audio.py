@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 TARGET_SAMPLE_RATE = 16_000
 
@@ -31,6 +30,8 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = TARGET_SAMPLE_RATE)
     """
     if orig_sr == target_sr:
         return wav.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly  # imported here: it costs seconds in every new process
+
     ratio = Fraction(target_sr, orig_sr)
     out = resample_poly(wav.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1)
     return out.astype(np.float32)
