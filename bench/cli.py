@@ -80,12 +80,97 @@ def _cmd_manifest_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.registry import count_parameters, create_encoder, encoder_entry, list_encoders
+
+    rows = []
+    for name in list_encoders():
+        try:
+            enc = create_encoder(name)
+        except Exception as exc:  # one broken encoder must not hide the list
+            rows.append({"name": name, "error": str(exc), "source": encoder_entry(name).source})
+            continue
+        rows.append({"name": name, "dim": int(enc.dim), "frame_rate": float(enc.frame_rate),
+                     "params": count_parameters(enc), "needs_pretraining": bool(getattr(enc, "needs_pretraining", False)),
+                     "source": encoder_entry(name).source})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'encoder':<20} {'dim':>5} {'rate Hz':>8} {'params':>11}  {'needs pretraining/checkpoint':<29} source")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<20} failed to build: {r['error']}")
+            continue
+        print(f"{r['name']:<20} {r['dim']:>5} {r['frame_rate']:>8g} {r['params']:>11,}  "
+              f"{'yes' if r['needs_pretraining'] else 'no':<29} {r['source']}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import RunConfig, run_experiment
+
+    settings = {"encoder": args.encoder, "task": args.task, "mode": args.mode, "seed": args.seed,
+                "label_fraction": args.label_fraction, "checkpoint": args.checkpoint}
+    for key in ("epochs", "lr", "lr_drop_epoch", "lr_after_drop", "encoder_lr", "batch_size", "pooling"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    record = run_experiment(RunConfig.from_dict(settings), args.records, force=args.force, progress=not args.quiet)
+    what = "already recorded" if record.get("skipped") else "recorded"
+    print(f"{record['encoder']} on {record['task']} ({record['mode']}, {record['label_fraction']:g} labels, "
+          f"seed {record['seed']}): test accuracy {100 * record['test_acc']:.2f}% at best val epoch "
+          f"{record['best_epoch']} (val {100 * record['val_acc']:.2f}%); {what} in {args.records} "
+          f"as {record['config_hash']}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.records import completed, read_records
+    from bench.runner import config_hash
+    from bench.sweep import load_sweep, run_sweep
+    from bench.tables import write_tables
+
+    sweep = load_sweep(args.config)
+    if args.records is not None:
+        sweep.records = args.records
+    if args.dry_run:
+        print(f"sweep {sweep.name}: {len(sweep.runs)} run(s); records {sweep.records}")
+        for c in sweep.runs:
+            print(f"  {c.encoder:<16} {c.task:<20} {c.mode:<8} labels {c.label_fraction:<5g} seed {c.seed} "
+                  f"epochs {c.epochs}")
+        return 0
+    summary = run_sweep(sweep, force=args.force, progress=not args.quiet)
+    if sweep.tables is not None:
+        for path in write_tables(sweep.records, sweep.tables):
+            print(f"wrote {path}")
+    print(f"sweep {sweep.name}: {summary['ran']} run(s) done, {summary['skipped']} already recorded, "
+          f"{len(summary['failed'])} failed")
+    for line in summary["failed"]:
+        print(f"  FAILED {line}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _cmd_tables(args: argparse.Namespace) -> int:
+    from bench.tables import write_tables
+
+    if not Path(args.records).is_file():
+        print(f"avbench: error: {args.records}: no run records yet. Run `avbench run` or `avbench sweep` first.",
+              file=sys.stderr)
+        return 2
+    for path in write_tables(args.records, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avbench", description="avbench: a benchmark harness for speech representations.")
     parser.add_argument("--version", action="version", version=f"avbench {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module (or a .py file) that registers encoders; repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
 
     corpus = sub.add_parser("corpus", help="the embedded, offline-synthesised audiovisual word corpus")
@@ -138,6 +223,41 @@ def build_parser() -> argparse.ArgumentParser:
     show = man_sub.add_parser("show", help="validate a manifest and print its summary")
     show.add_argument("path", type=Path)
     show.set_defaults(func=_cmd_manifest_show)
+
+    lst = sub.add_parser("list", help="every registered encoder with its dim, frame rate and size")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lst.set_defaults(func=_cmd_list)
+
+    run = sub.add_parser("run", help="one evaluation run of the shared BiGRU loop; appends a record")
+    run.add_argument("--encoder", required=True, help="registered name, optionally NAME@CHECKPOINT")
+    run.add_argument("--task", required=True,
+                     help="embedded[:small|default|large], a manifest path, or a prepared corpus name")
+    run.add_argument("--mode", choices=("frozen", "finetune", "scratch"), default="frozen")
+    run.add_argument("--epochs", type=int, help="default 50 (paper protocol)")
+    run.add_argument("--lr", type=float, help="default 1e-4 (paper protocol)")
+    run.add_argument("--lr-drop-epoch", dest="lr_drop_epoch", type=int, help="default 40: lr drops after it")
+    run.add_argument("--lr-after-drop", dest="lr_after_drop", type=float, help="default 1e-5")
+    run.add_argument("--encoder-lr", dest="encoder_lr", type=float, help="finetune/scratch (default: --lr)")
+    run.add_argument("--batch-size", dest="batch_size", type=int, help="default 32")
+    run.add_argument("--pooling", choices=("last", "mean"), help="default last")
+    run.add_argument("--label-fraction", dest="label_fraction", type=float, default=1.0)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--checkpoint", default=None, help="encoder checkpoint (same as NAME@PATH)")
+    run.add_argument("--records", type=Path, default=Path("results/runs.jsonl"))
+    run.add_argument("--force", action="store_true", help="run even if this config is already recorded")
+    run.set_defaults(func=_cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run a YAML grid of runs, skipping recorded ones")
+    sweep.add_argument("config", type=Path)
+    sweep.add_argument("--records", type=Path, default=None, help="override the config's records path")
+    sweep.add_argument("--force", action="store_true", help="re-run recorded configs")
+    sweep.add_argument("--dry-run", action="store_true", help="print the grid and exit")
+    sweep.set_defaults(func=_cmd_sweep)
+
+    tables = sub.add_parser("tables", help="regenerate result tables from the run records (no torch work)")
+    tables.add_argument("--records", type=Path, default=Path("results/runs.jsonl"))
+    tables.add_argument("--out", type=Path, default=Path("results"))
+    tables.set_defaults(func=_cmd_tables)
     return parser
 
 
@@ -152,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.prepare.common import CorpusLayoutError
 
     try:
+        for plugin in args.plugin:
+            from bench.registry import import_plugin
+
+            import_plugin(plugin)
         return int(args.func(args) or 0)
     except (AudioError, ManifestError, CorpusLayoutError, ConfigError, FileNotFoundError) as exc:
         # These errors name the file and the fix: print them, not a traceback (unless -v).

@@ -23,12 +23,6 @@ TINY = dict(speakers=4, words=3, renditions=1)
 
 
 @pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory):
-    return build_corpus(CorpusConfig.from_size("small"), out_root=tmp_path_factory.mktemp("corpora"),
-                        progress=False)
-
-
-@pytest.fixture(scope="module")
 def synth():
     # libespeak-ng keeps global state: one instance for the whole test process.
     from bench.corpus import build

@@ -1,0 +1,37 @@
+"""Shared fixtures. Every test session gets its own AVBENCH_DATA, so tests never touch a user's
+cache and `embedded:small` resolves to the corpus built here once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.corpus.build import CorpusConfig, build_corpus
+
+# Few enough clips that a training epoch takes about a second: 6 train, 1 valid, 1 test speaker.
+TINY_CORPUS = dict(speakers=8, words=3, renditions=2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def avbench_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("avbench-data")
+    old = os.environ.get("AVBENCH_DATA")
+    os.environ["AVBENCH_DATA"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("AVBENCH_DATA", None)
+    else:
+        os.environ["AVBENCH_DATA"] = old
+
+
+@pytest.fixture(scope="session")
+def small_corpus(avbench_data):
+    """The `--size small` corpus (600 clips), at the place `embedded:small` resolves to."""
+    return build_corpus(CorpusConfig.from_size("small"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(avbench_data):
+    """48 clips of 3 words: for tests that train."""
+    return build_corpus(CorpusConfig.from_size("small", **TINY_CORPUS), progress=False)
