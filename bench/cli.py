@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """avbench: a benchmark harness for speech representations."""
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "sweep"):
+        from bench.runner import flush_denormals
+
+        flush_denormals()  # before torch's thread pool exists, so every worker thread inherits it
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from bench.audio import AudioError

@@ -230,3 +230,31 @@ def test_readme_add_your_own_encoder_example_runs_as_written(small_corpus, tmp_p
     out = capsys.readouterr().out
     assert "frame-energy on embedded:small" in out and "test accuracy" in out
     assert read_records(tmp_path / "my_runs.jsonl")[0]["encoder"] == "frame-energy"
+
+
+def test_a_killed_run_resumes_from_its_last_epoch_with_identical_results(tiny_corpus, tmp_path, monkeypatch):
+    import bench.runner as runner
+
+    config = _config(tiny_corpus, epochs=3, seed=11)
+    reference = run_experiment(config, tmp_path / "reference.jsonl", progress=False)
+
+    real_evaluate, calls = runner._evaluate, {"n": 0}
+
+    def dies_in_epoch_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # validation of epoch 3: epochs 1-2 are checkpointed
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_evaluate", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "resumed.jsonl", progress=False)
+    assert read_records(tmp_path / "resumed.jsonl") == []
+    monkeypatch.setattr(runner, "_evaluate", real_evaluate)
+    resumed = run_experiment(config, tmp_path / "resumed.jsonl", progress=False)
+    assert resumed["resumed_from_epoch"] == 3 and reference["resumed_from_epoch"] is None
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+    assert strip(resumed["history"]) == strip(reference["history"])
+    for key in ("test_acc", "val_acc", "best_epoch", "confusion", "config_hash"):
+        assert resumed[key] == reference[key]
+    assert not runner._state_path(resumed["config_hash"]).exists(), "a finished run leaves no checkpoint"
