@@ -25,6 +25,7 @@ from bench.corpus.build import CorpusConfig, build_corpus, find_corpus
 from bench.data import CachedFeatureDataset, pad_collate
 from bench.downstream import BiGRUClassifier
 from bench.registry import create_encoder
+from bench.runner import flush_denormals
 
 
 def gemm_gflops(n: int = 1024, repeat: int = 10) -> float:
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--corpus", default="small")
     parser.add_argument("--clips", type=int, default=256, help="training clips in the overhead epoch")
     args = parser.parse_args()
+    flush_denormals()  # as every avbench run does, before torch starts its threads
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peak = gemm_gflops()
     print(f"fp32 matrix product (1024^3): {peak:.1f} GFLOP/s")
