@@ -158,3 +158,27 @@ def test_cli_corpus_build_prints_the_summary(tmp_path, capsys):
         assert expected in out
     assert main(["-q", "corpus", "build", "--words", "0", "--out", str(tmp_path)]) == 2
     assert "words must be in 1..30" in capsys.readouterr().err
+
+
+_VARIANT_DIGEST = """
+import hashlib, json
+from bench.corpus.espeak import Synthesizer
+from bench.corpus.speakers import MALE_VARIANTS, FEMALE_VARIANTS
+s = Synthesizer(); out = {}
+for v in MALE_VARIANTS + FEMALE_VARIANTS:
+    s.set_voice("en", v); s.set_prosody(rate=170, pitch=50, pitch_range=50)
+    out[v] = hashlib.md5(s.synth("sheila", noise_seed=1).audio.tobytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_every_voice_variant_in_use_is_reproducible_across_processes():
+    # Some espeak variants (breath, echo) differ from process to process; none may be in the pools.
+    import json
+    import subprocess
+    import sys
+
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _VARIANT_DIGEST], capture_output=True, text=True,
+                                      check=True).stdout) for _ in range(3)]
+    unstable = [v for v in runs[0] if len({r[v] for r in runs}) > 1]
+    assert unstable == [], f"variants whose audio differs between processes: {unstable}"

@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,7 +46,7 @@ from bench.paths import corpora_dir
 STRESS_OPENING_GAIN = {"ˈ": 1.15, "ˌ": 1.0, "": 0.9}
 
 # Bump when the generator changes in a way that changes its output: old corpora get new ids.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: rand() seeded per utterance; non-reproducible variants dropped
 
 SPEECH_COMMANDS_WORDS = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy",
                          "house", "left", "marvin", "nine", "no", "off", "on", "one", "right", "seven",
@@ -198,14 +199,19 @@ class _Rendered:
     phonemes: list[tuple[str, float, float, str]]  # symbol, start_s, end_s (from audio start), stress
 
 
-def _speak(speaker: Speaker, word: str, *, pitch: int, pitch_range: int, rate: int) -> _Rendered:
+def _noise_seed(*parts) -> int:
+    """A stable 32-bit seed for espeak's rand() from the utterance's identity."""
+    return zlib.crc32(":".join(map(str, parts)).encode())
+
+
+def _speak(speaker: Speaker, word: str, *, pitch: int, pitch_range: int, rate: int, noise_seed: int) -> _Rendered:
     """Synthesise a word, apply the speaker's vocal-tract warp and return 16 kHz speech."""
     from bench.corpus.espeak import ESPEAK_SAMPLE_RATE
 
     _SYNTH.set_voice(speaker.accent, speaker.variant)
     _SYNTH.set_prosody(rate=int(np.clip(rate, 80, 450)), pitch=int(np.clip(pitch, 0, 100)),
                        pitch_range=int(np.clip(pitch_range, 0, 100)))
-    utt = _SYNTH.synth(word)
+    utt = _SYNTH.synth(word, noise_seed=noise_seed)
     if not utt.phonemes or utt.audio.size == 0:
         raise RuntimeError(f"espeak produced no speech for {word!r} with voice {speaker.accent}+{speaker.variant}")
     # Playing 22,050 Hz audio as if recorded at 22,050*warp scales formants and pitch by warp.
@@ -239,6 +245,7 @@ def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: i
         pitch=speaker.pitch + style.pitch + int(rng.integers(-4, 5)),
         pitch_range=speaker.pitch_range + style.pitch_range + int(rng.integers(-5, 6)),
         rate=int(round(speaker.rate * style.rate * rng.uniform(0.93, 1.07))),
+        noise_seed=_noise_seed(config.seed, spk_idx, word_idx, rendition),
     )
     n = int(round(config.clip_seconds * TARGET_SAMPLE_RATE))
     speech = rendered.audio
@@ -266,7 +273,9 @@ def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: i
     if noise_type == "babble":
         talkers = [babble_speakers[int(i)] for i in rng.choice(len(babble_speakers), size=4)]
         utts = [_speak(t, config.word_list[int(rng.integers(config.words))], pitch=t.pitch,
-                       pitch_range=t.pitch_range, rate=t.rate).audio for t in talkers]
+                       pitch_range=t.pitch_range, rate=t.rate,
+                       noise_seed=_noise_seed(config.seed, spk_idx, word_idx, rendition, "babble", k)).audio
+                for k, t in enumerate(talkers)]
         noise = acoustics.babble(utts, n, rng)
     else:
         noise = acoustics.coloured_noise(n, acoustics.COLOURED_NOISE_BETA[noise_type], rng)
@@ -319,10 +328,10 @@ def _build_noise_bank(task: tuple) -> list[str]:
                  TARGET_SAMPLE_RATE, subtype="PCM_16")
         names.append(f"noise/{kind}_noise.wav")
     utts = []
-    for _ in range(int(config.noise_bank_seconds * 3)):
+    for k in range(int(config.noise_bank_seconds * 3)):
         t = babble_speakers[int(rng.integers(len(babble_speakers)))]
         utts.append(_speak(t, config.word_list[int(rng.integers(config.words))], pitch=t.pitch,
-                           pitch_range=t.pitch_range, rate=t.rate).audio)
+                           pitch_range=t.pitch_range, rate=t.rate, noise_seed=_noise_seed(config.seed, "bank", k)).audio)
     sf.write(out / "noise" / "babble.wav", 0.1 * acoustics.babble(utts, n, rng), TARGET_SAMPLE_RATE,
              subtype="PCM_16")
     names.append("noise/babble.wav")

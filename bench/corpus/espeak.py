@@ -109,6 +109,9 @@ class Synthesizer:
         if Synthesizer._instance_pid == os.getpid():
             raise EspeakError("libespeak-ng holds global state: create one Synthesizer per process")
         self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        # Voices with breath or noise draw from libc rand(); its state must be ours to set.
+        self._libc = ctypes.CDLL(None)
+        self._libc.srand.argtypes = [ctypes.c_uint]
         self._lib.espeak_Initialize.restype = ctypes.c_int
         self._lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -159,9 +162,14 @@ class Synthesizer:
             if self._lib.espeak_SetParameter(param, int(value), 0) != _EE_OK:
                 raise EspeakError(f"espeak_SetParameter({param}, {value}) failed")
 
-    def synth(self, text: str) -> Utterance:
-        """Synthesise `text`; return int16-scaled float audio and its phoneme events."""
+    def synth(self, text: str, noise_seed: int = 0) -> Utterance:
+        """Synthesise `text`; return int16-scaled float audio and its phoneme events.
+
+        `noise_seed` seeds libc's rand(), which espeak's breathy and noisy voices (e.g. the f2
+        and f3 variants) draw from; without it their output differs from process to process.
+        """
         self._chunks, self._events = [], []
+        self._libc.srand(noise_seed & 0xFFFFFFFF)
         data = text.encode("utf-8") + b"\0"
         buf = ctypes.create_string_buffer(data)
         err = self._lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)

@@ -16,10 +16,13 @@ from bench.corpus.espeak import ENGLISH_ACCENTS
 from bench.corpus.mouth import FaceIdentity
 
 # Variants that sound like ordinary voices; effect voices (robots, whisper, croak, klatt) are out.
+# Also out: victor, f2, f3, f5 and Alicia. Their breath/echo settings make libespeak-ng's output
+# differ between fresh processes even with rand() seeded (6 runs each, measured here), which would
+# break byte-identical builds. tests/test_corpus.py re-checks every variant listed here.
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "Andy", "Denis", "Lee", "antonio",
-                 "michel", "travis", "victor", "max", "rob", "robert", "boris", "zac")
-FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "Andrea", "Annie", "aunty", "belinda", "linda",
-                   "steph", "steph2", "steph3", "anika", "Alicia")
+                 "michel", "travis", "max", "rob", "robert", "boris", "zac")
+FEMALE_VARIANTS = ("f1", "f4", "Andrea", "Annie", "aunty", "belinda", "linda", "steph", "steph2",
+                   "steph3", "anika")
 
 
 @dataclass(frozen=True)
