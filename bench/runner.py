@@ -32,6 +32,7 @@ from bench import __version__
 from bench.data import CachedFeatureDataset, WaveformDataset, label_subset, pad_collate, subset_hash
 from bench.downstream import POOLINGS, BiGRUClassifier
 from bench.errors import ConfigError
+from bench.manifest import file_sha256
 from bench.records import append_record, completed, git_commit, read_records
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.tasks import resolve_task
@@ -89,13 +90,7 @@ class RunConfig:
 
 
 def file_hash(path: str | Path | None) -> str | None:
-    if not path:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16] if path else None
 
 
 def config_hash(config: RunConfig, manifest_id: str, checkpoint_hash: str | None) -> str:
@@ -190,7 +185,6 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
 
     labels = manifest.labels
     label_index = {label: i for i, label in enumerate(labels)}
-    table = manifest.table
     train_rows = label_subset(manifest.split("train"), config.label_fraction)
     splits = {"train": train_rows, "valid": manifest.split("valid"), "test": manifest.split("test")}
     for name, rows in splits.items():

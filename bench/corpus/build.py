@@ -28,6 +28,7 @@ import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from bench.corpus.visemes import VIDEO_FPS, articulation_track
 from bench.errors import ConfigError
 from bench.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, summarize, write_manifest
 from bench.paths import corpora_dir
+from bench.prepare.spc import V001_WORDS
 
 # Opening gain by espeak stress mark: primary, secondary, unstressed.
 STRESS_OPENING_GAIN = {"ˈ": 1.15, "ˌ": 1.0, "": 0.9}
@@ -48,9 +50,8 @@ STRESS_OPENING_GAIN = {"ˈ": 1.15, "ˌ": 1.0, "": 0.9}
 # Bump when the generator changes in a way that changes its output: old corpora get new ids.
 GENERATOR_VERSION = 2  # 2: rand() seeded per utterance; non-reproducible variants dropped
 
-SPEECH_COMMANDS_WORDS = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy",
-                         "house", "left", "marvin", "nine", "no", "off", "on", "one", "right", "seven",
-                         "sheila", "six", "stop", "three", "tree", "two", "up", "wow", "yes", "zero")
+# The vocabulary is Speech Commands v0.01's, so the embedded corpus and SPC share a label space.
+SPEECH_COMMANDS_WORDS = V001_WORDS
 
 SIZES: dict[str, dict] = {
     "small": {"speakers": 20, "renditions": 1},
@@ -145,15 +146,18 @@ class EmbeddedCorpus:
             raise KeyError(f"speaker {speaker!r} is not in {self.path / 'speakers.csv'}")
         return FaceIdentity.from_dict(row.iloc[0].to_dict())
 
+    @cached_property
+    def _by_clip(self) -> pd.DataFrame:
+        return self.manifest.table.set_index("clip_id")
+
     def track(self, clip_id: str) -> np.ndarray:
-        row = self.manifest.table.set_index("clip_id").loc[clip_id]
-        return np.load(self.manifest.resolve(row["mouth_track"]))
+        return np.load(self.manifest.resolve(self._by_clip.loc[clip_id, "mouth_track"]))
 
     def frames(self, clip_id: str, size: int = 64) -> np.ndarray:
         """Render the clip's mouth frames [25, size, size] uint8 on demand."""
         from bench.corpus.mouth import render_frames
 
-        speaker = self.manifest.table.set_index("clip_id").loc[clip_id, "speaker"]
+        speaker = self._by_clip.loc[clip_id, "speaker"]
         seed = int(hashlib.sha256(clip_id.encode()).hexdigest()[:8], 16)
         return render_frames(self.track(clip_id), self.face(speaker), size=size, jitter_seed=seed)
 
