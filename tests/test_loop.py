@@ -204,6 +204,24 @@ def test_tables_are_a_pure_byte_identical_function_of_the_records(tiny_corpus, t
     assert "1 epochs, Adam, lr 0.001" in markdown
 
 
+def test_tables_never_mix_records_from_two_builds_of_the_same_task(tmp_path):
+    # `embedded:default` names a corpus spec; a new generator version gives a new corpus id, and
+    # its numbers must not be averaged with the old corpus's as if they were extra seeds.
+    config = {"epochs": 5, "lr": 1e-3, "lr_drop_epoch": 4, "lr_after_drop": 1e-4, "batch_size": 32,
+              "pooling": "last", "hidden": 256, "layers": 2, "encoder_lr": None}
+    lines = []
+    for corpus, acc in (("embedded-aaaaaaaaaaaa", 0.80), ("embedded-bbbbbbbbbbbb", 0.90)):
+        lines.append(json.dumps({"status": "ok", "config_hash": corpus, "task": "embedded:default",
+                                 "task_name": corpus, "encoder": "mfcc39", "mode": "frozen",
+                                 "label_fraction": 1.0, "seed": 0, "test_acc": acc, "val_acc": acc,
+                                 "best_epoch": 5, "wall_seconds": 1.0, "config": config}))
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    markdown = write_tables(tmp_path / "runs.jsonl", tmp_path)[0].read_text()
+    assert markdown.count("## embedded:default") == 2
+    assert "| mfcc39 | frozen | 80.00 ± 0.00 (1) |" in markdown
+    assert "| mfcc39 | frozen | 90.00 ± 0.00 (1) |" in markdown
+
+
 def test_cli_list_shows_dims_and_rates(capsys):
     assert main(["list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
