@@ -87,6 +87,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     rows = []
     for name in list_encoders():
+        if encoder_entry(name).family:
+            rows.append({"name": f"{name}:<variant>", "family": True, "source": encoder_entry(name).source,
+                         "doc": (encoder_entry(name).factory.__doc__ or "").strip().splitlines()[0:1]})
+            continue
         try:
             enc = create_encoder(name)
         except Exception as exc:  # one broken encoder must not hide the list
@@ -103,8 +107,52 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if "error" in r:
             print(f"{r['name']:<20} failed to build: {r['error']}")
             continue
+        if r.get("family"):
+            print(f"{r['name']:<20} {'a family: dims and rates depend on the variant':<57} {r['source']}")
+            continue
         print(f"{r['name']:<20} {r['dim']:>5} {r['frame_rate']:>8g} {r['params']:>11,}  "
               f"{'yes' if r['needs_pretraining'] else 'no':<29} {r['source']}")
+    return 0
+
+
+def _key_values(pairs: list[str] | None, flag: str) -> dict:
+    """['layer=2', 'dims=[64, 128]'] -> {'layer': 2, 'dims': [64, 128]} (values parsed as YAML)."""
+    import yaml
+
+    from bench.errors import ConfigError
+
+    out = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} layer=2")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{flag} {pair!r}: the value is not valid YAML ({exc})") from exc
+    return out
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from bench.paths import data_dir
+    from bench.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(
+        encoder=args.name, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+        crop_seconds=args.crop_seconds, lr=args.lr, seed=args.seed, splits=tuple(args.splits.split(",")),
+        save_every=args.save_every, log_every=args.log_every,
+        encoder_kwargs=_key_values(args.encoder_arg, "--encoder-arg"),
+        pretext_kwargs=_key_values(args.pretext_arg, "--pretext-arg")).validated()
+    if args.out is None:
+        budget = f"{config.steps}steps" if config.steps is not None else f"{config.epochs:g}epochs"
+        data = Path(config.data).name if "/" in config.data else config.data.replace(":", "-")
+        args.out = data_dir() / "pretrained" / f"{config.encoder}-{data}-{budget}-seed{config.seed}"
+    summary = pretrain(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    print(f"{config.encoder} pretrained on {summary['data_name']} ({summary['clips']} clips): step "
+          f"{summary['step']}/{summary['total_steps']} ({summary['epochs_done']:g} epochs), final loss "
+          f"{summary['final_loss']}, {summary['seconds']:.0f} s")
+    print(f"curve:   {Path(args.out) / 'loss.csv'} and loss.png")
+    print(f"encoder: {config.encoder}@{Path(args.out) / 'encoder.pt'}")
     return 0
 
 
@@ -112,7 +160,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import RunConfig, run_experiment
 
     settings = {"encoder": args.encoder, "task": args.task, "mode": args.mode, "seed": args.seed,
-                "label_fraction": args.label_fraction, "checkpoint": args.checkpoint}
+                "label_fraction": args.label_fraction, "checkpoint": args.checkpoint,
+                "encoder_kwargs": _key_values(args.encoder_arg, "--encoder-arg")}
     for key in ("epochs", "lr", "lr_drop_epoch", "lr_after_drop", "encoder_lr", "batch_size", "pooling"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -243,9 +292,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label-fraction", dest="label_fraction", type=float, default=1.0)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--checkpoint", default=None, help="encoder checkpoint (same as NAME@PATH)")
+    run.add_argument("--encoder-arg", dest="encoder_arg", action="append", metavar="KEY=VALUE",
+                     help="encoder constructor argument, e.g. --encoder-arg layer=2 (repeatable)")
     run.add_argument("--records", type=Path, default=Path("results/runs.jsonl"))
     run.add_argument("--force", action="store_true", help="run even if this config is already recorded")
     run.set_defaults(func=_cmd_run)
+
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining of an encoder on a manifest's audio "
+                                          "(labels ignored); resumable")
+    pre.add_argument("name", help="encoder with an objective: see `avbench list` (apc, wav2vec, pase+, ...)")
+    pre.add_argument("--data", required=True,
+                     help="embedded[:small|default|large], a manifest path, or a prepared corpus name")
+    budget = pre.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="budget in optimizer steps")
+    budget.add_argument("--epochs", type=float, help="budget in passes over the clips (turned into steps)")
+    pre.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    pre.add_argument("--crop-seconds", dest="crop_seconds", type=float, default=1.0,
+                     help="random crop length; shorter clips are padded (default 1.0)")
+    pre.add_argument("--lr", type=float, default=None, help="Adam lr (default: the objective's own)")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--splits", default="train",
+                     help="comma-separated manifest splits to read (default train: keep test speakers unseen)")
+    pre.add_argument("--save-every", dest="save_every", type=int, default=500, help="checkpoint period in steps")
+    pre.add_argument("--log-every", dest="log_every", type=int, default=10, help="loss-curve period in steps")
+    pre.add_argument("--encoder-arg", dest="encoder_arg", action="append", metavar="KEY=VALUE")
+    pre.add_argument("--pretext-arg", dest="pretext_arg", action="append", metavar="KEY=VALUE",
+                     help="objective argument, e.g. --pretext-arg n_ahead=5 (repeatable)")
+    pre.add_argument("--out", type=Path, default=None,
+                     help="output folder (default $AVBENCH_DATA/pretrained/NAME-DATA-BUDGET-seedS)")
+    pre.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
+    pre.add_argument("--force", action="store_true", help="start over even if OUT holds a checkpoint")
+    pre.set_defaults(func=_cmd_pretrain)
 
     sweep = sub.add_parser("sweep", help="run a YAML grid of runs, skipping recorded ones")
     sweep.add_argument("config", type=Path)
@@ -264,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """avbench: a benchmark harness for speech representations."""
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "sweep"):
+    if args.command in ("run", "sweep", "pretrain"):
         from bench.runner import flush_denormals
 
         flush_denormals()  # before torch's thread pool exists, so every worker thread inherits it

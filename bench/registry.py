@@ -33,7 +33,7 @@ log = logging.getLogger("avbench.registry")
 ENTRY_POINT_GROUP = "avbench.encoders"
 
 # Modules that hold avbench's own encoders; importing them runs their @register_encoder lines.
-BUILTIN_ENCODER_MODULES = ("baselines.spectral",)
+BUILTIN_ENCODER_MODULES = ("baselines.spectral", "baselines.supervised")
 
 
 class Encoder(nn.Module):
@@ -68,10 +68,30 @@ class Encoder(nn.Module):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "encoder" in state:
             state = state["encoder"]
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"{path}: does not fit encoder {self.name!r}: missing keys {list(missing)[:10]}, "
-                              f"unexpected keys {list(unexpected)[:10]}.")
+        load_state_exactly(self, state, source=path)
+
+
+def load_state_exactly(module: nn.Module, state: dict, source: str | Path, hint: str = "") -> None:
+    """load_state_dict that fails with every missing, unexpected and wrongly shaped key listed.
+
+    torch's own strict error stops at the first shape mismatch and buries the key lists; a user
+    loading a published checkpoint into the wrong architecture needs all three lists at once.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state)
+                    if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        def listed(keys: list[str]) -> str:
+            return ", ".join(keys[:20]) + (f" (and {len(keys) - 20} more)" if len(keys) > 20 else "") if keys else "none"
+
+        name = getattr(module, "name", type(module).__name__)
+        raise ConfigError(f"{source}: does not fit encoder {name!r}. Missing keys: {listed(missing)}. "
+                          f"Unexpected keys: {listed(unexpected)}. Shape mismatches: {listed(shapes)}."
+                          + (f" {hint}" if hint else ""))
+    module.load_state_dict(state, strict=True)
 
 
 @dataclass(frozen=True)
@@ -79,20 +99,31 @@ class EncoderEntry:
     name: str
     factory: Callable[..., Encoder]
     source: str  # the defining module, or "plugin <distribution>" for entry points
+    # A family is a prefix: "s3prl:hubert" builds factory("hubert", **kw). For adapters that wrap
+    # another toolkit's open-ended model list, which cannot be enumerated at registration time.
+    family: bool = False
 
 
 _REGISTRY: dict[str, EncoderEntry] = {}
 _LOADED = False
 
 
-def register_encoder(name: str) -> Callable:
-    """Decorator: register a class or factory under `name` (names are unique)."""
+def register_encoder(name: str, family: bool = False) -> Callable:
+    """Decorator: register a class or factory under `name` (names are unique).
+
+    With family=True the name is a prefix: `create_encoder("NAME:variant")` calls
+    `factory("variant", **kw)`, and `avbench list` shows the family as `NAME:<variant>`.
+    """
+    if ":" in name or "@" in name:
+        raise ConfigError(f"encoder name {name!r} may not contain ':' or '@' (they separate the family "
+                          "variant and the checkpoint)")
 
     def wrap(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.factory is not factory:
             raise ConfigError(f"encoder name {name!r} is registered twice ({existing.factory} and {factory})")
-        _REGISTRY[name] = EncoderEntry(name=name, factory=factory, source=getattr(factory, "__module__", "?"))
+        _REGISTRY[name] = EncoderEntry(name=name, factory=factory, source=getattr(factory, "__module__", "?"),
+                                       family=family)
         return factory
 
     return wrap
@@ -169,14 +200,19 @@ def create_encoder(spec: str, checkpoint: str | Path | None = None, **kwargs) ->
     if at_ckpt and checkpoint and str(at_ckpt) != str(checkpoint):
         raise ConfigError(f"encoder {spec!r} names checkpoint {at_ckpt} but checkpoint={checkpoint} was also given")
     checkpoint = checkpoint or at_ckpt
-    entry = encoder_entry(name)
+    family, _, variant = name.partition(":")
+    entry = encoder_entry(family)
+    if entry.family != bool(variant):
+        raise ConfigError(f"encoder {name!r}: " + (f"{family!r} is a family; name a member as {family}:<variant>"
+                                                   if entry.family else f"{family!r} takes no ':variant'"))
+    args = (variant,) if entry.family else ()
     try:
-        inspect.signature(entry.factory).bind(**kwargs)
+        inspect.signature(entry.factory).bind(*args, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"encoder {name!r} does not accept {sorted(kwargs)}: {exc}") from exc
     except ValueError:
         pass  # no introspectable signature (a builtin callable): let the call itself decide
-    encoder = entry.factory(**kwargs)
+    encoder = entry.factory(*args, **kwargs)
     if not isinstance(encoder, nn.Module) or not all(hasattr(encoder, a) for a in ("frame_rate", "dim", "forward")):
         raise ConfigError(f"encoder {name!r} ({entry.source}) does not follow the contract: it must be an "
                           "nn.Module with name, sample_rate, frame_rate, dim and forward(wav, lengths)")

@@ -1,0 +1,85 @@
+"""The self-supervised pretraining contract: a pretext is an objective wrapped around an encoder.
+
+A pretext is an `nn.Module` that holds the encoder it trains as `self.encoder`, plus whatever heads
+its objective needs (APC's postnet, wav2vec's step projections, PASE+'s workers). Its forward takes
+a batch of raw 16 kHz waveforms and returns a dict of scalar tensors with a "loss" entry to
+minimise; every other entry is logged to the loss curve as it is (e.g. per-worker losses).
+
+    @register_pretext("apc")
+    def apc_pretext(encoder: APC, context: PretextContext, n_ahead: int = 3) -> Pretext: ...
+
+The name is the encoder's registry name, so `avbench pretrain apc --data MANIFEST` builds
+`create_encoder("apc")` and then its pretext. Randomness inside a pretext (negative sampling,
+online contamination) must draw from torch's global generator or from `context.generator`: the
+pretraining loop seeds both and saves their state in every checkpoint, so that a resumed run
+continues with exactly the numbers an uninterrupted one would have drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bench.errors import ConfigError
+from bench.registry import Encoder, _load_all
+
+__all__ = ["Pretext", "PretextContext", "register_pretext", "pretext_factory", "list_pretexts"]
+
+
+@dataclass
+class PretextContext:
+    """What the pretraining loop knows that an objective may need."""
+
+    sample_rate: int = 16_000
+    # Long background-noise recordings of the corpus (manifest meta `noise_sources`), for online
+    # contamination. Empty when the corpus has none; objectives that need noise must say so.
+    noise_sources: list[Path] = field(default_factory=list)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+class Pretext(nn.Module):
+    """Base class of the self-supervised objectives."""
+
+    encoder: Encoder
+    # Adam's learning rate when the user gives none; each objective sets what its paper used.
+    default_lr: float = 1e-3
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The objective's settings, recorded in every pretraining checkpoint."""
+        return {}
+
+
+_PRETEXTS: dict[str, Callable[..., Pretext]] = {}
+
+
+def register_pretext(encoder_name: str) -> Callable:
+    """Decorator: register the pretext factory `(encoder, context, **kw) -> Pretext` of an encoder."""
+
+    def wrap(factory: Callable[..., Pretext]) -> Callable[..., Pretext]:
+        existing = _PRETEXTS.get(encoder_name)
+        if existing is not None and existing is not factory:
+            raise ConfigError(f"pretext for {encoder_name!r} is registered twice ({existing} and {factory})")
+        _PRETEXTS[encoder_name] = factory
+        return factory
+
+    return wrap
+
+
+def list_pretexts() -> list[str]:
+    _load_all()  # the built-in encoder modules also register their pretexts
+    return sorted(_PRETEXTS)
+
+
+def pretext_factory(encoder_name: str) -> Callable[..., Pretext]:
+    _load_all()
+    if encoder_name not in _PRETEXTS:
+        raise ConfigError(f"encoder {encoder_name!r} has no self-supervised objective; pretrainable: "
+                          f"{', '.join(sorted(_PRETEXTS)) or 'none'}.")
+    return _PRETEXTS[encoder_name]

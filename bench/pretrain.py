@@ -1,0 +1,297 @@
+"""`avbench pretrain NAME --data MANIFEST`: self-supervised pretraining with one shared loop.
+
+Every method gets the same thing: the manifest's audio (labels ignored), random crops of
+`crop_seconds`, batches of `batch_size`, Adam, and a budget in optimizer steps (`--steps`) or in
+passes over the clips (`--epochs`, turned into steps). So APC, wav2vec and PASE+ can be given the
+same data and the same budget, and differ only in their objective (bench/pretext.py).
+
+The output folder holds:
+  checkpoint-last.pt   everything needed to resume (weights, optimizer, random states, loss rows),
+                       written atomically every `save_every` steps and at the end;
+  encoder.pt           the encoder alone (`{"format": "avbench-pretrain/1", "encoder": state_dict,
+                       ...}`): evaluate it as `NAME@OUT/encoder.pt`; rewritten at every save, so
+                       it always matches checkpoint-last.pt;
+  loss.csv, loss.png   the loss curve (mean of each logged quantity over `log_every` steps);
+  pretrain.json        the settings, the manifest id, the step reached and the wall time.
+
+Resuming (`--resume`) is exact: the clip order of epoch e is a permutation seeded by (seed, e) and
+the crop offsets of step s are seeded by (seed, s), so they need no saved state, and the torch
+and context generators that the objectives draw from are restored from the checkpoint. A killed
+run resumed from step k ends at the same weights as an uninterrupted one (tested).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench import __version__
+from bench.audio import load_audio
+from bench.errors import ConfigError
+from bench.manifest import Manifest, atomic_write_bytes
+from bench.pretext import PretextContext, pretext_factory
+from bench.records import git_commit
+from bench.registry import count_parameters, create_encoder, split_spec
+from bench.runner import flush_denormals
+from bench.tasks import resolve_task
+
+log = logging.getLogger("avbench.pretrain")
+
+FORMAT = "avbench-pretrain/1"
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    encoder: str
+    data: str
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    crop_seconds: float = 1.0
+    lr: float | None = None            # None: the objective's own default (Pretext.default_lr)
+    max_grad_norm: float | None = 10.0
+    seed: int = 0
+    splits: tuple[str, ...] = ("train",)
+    save_every: int = 500
+    log_every: int = 10
+    encoder_kwargs: dict = field(default_factory=dict)
+    pretext_kwargs: dict = field(default_factory=dict)
+
+    def validated(self) -> "PretrainConfig":
+        if split_spec(self.encoder)[1]:
+            raise ConfigError(f"pretrain starts from random weights: give the bare name, not {self.encoder!r} "
+                              "(use --resume to continue a run)")
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError("give the budget as exactly one of --steps N or --epochs E")
+        if (self.steps is not None and self.steps < 1) or (self.epochs is not None and self.epochs <= 0):
+            raise ConfigError(f"the budget must be positive (steps {self.steps}, epochs {self.epochs})")
+        if self.batch_size < 1 or self.crop_seconds <= 0 or self.save_every < 1 or self.log_every < 1:
+            raise ConfigError("batch_size, crop_seconds, save_every and log_every must be positive")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        bad = sorted(set(self.splits) - set(SPLITS))
+        if bad or not self.splits:
+            raise ConfigError(f"splits must be a non-empty subset of {', '.join(SPLITS)}, got {list(self.splits)}")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues (the budget may grow)."""
+        d = asdict(self)
+        for k in ("steps", "epochs", "save_every", "log_every"):
+            d.pop(k)
+        d["splits"] = list(self.splits)
+        return d
+
+
+def _seed_of(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+class CropSampler:
+    """Batches of random crops; a pure function of (seed, step), so resuming needs no state."""
+
+    def __init__(self, manifest: Manifest, splits: tuple[str, ...], batch_size: int, crop_samples: int,
+                 seed: int) -> None:
+        rows = manifest.table[manifest.table["split"].isin(splits)]
+        if rows.empty:
+            raise ConfigError(f"{manifest.path}: no clips in split(s) {', '.join(splits)} to pretrain on.")
+        self.paths = [manifest.resolve(p) for p in rows["audio_path"]]
+        self.batch_size, self.crop_samples, self.seed = batch_size, crop_samples, seed
+        self.steps_per_epoch = max(1, len(self.paths) // batch_size)  # the last partial batch is dropped
+        self._order_epoch, self._order = -1, None
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._order_epoch:
+            self._order = np.random.default_rng(_seed_of(self.seed, "order", epoch)).permutation(len(self.paths))
+            self._order_epoch = epoch
+        picks = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        rng = np.random.default_rng(_seed_of(self.seed, "crop", step))
+        wav = torch.zeros(len(picks), self.crop_samples)
+        lengths = torch.zeros(len(picks), dtype=torch.long)
+        for i, k in enumerate(picks):
+            audio = load_audio(self.paths[k])
+            start = int(rng.integers(0, len(audio) - self.crop_samples + 1)) if len(audio) > self.crop_samples else 0
+            piece = audio[start:start + self.crop_samples]
+            wav[i, :len(piece)] = torch.from_numpy(piece)
+            lengths[i] = len(piece)
+        return wav, lengths
+
+
+def _column(key: str) -> str:
+    """Loss-curve column of a pretext output: "loss" stays, a worker "mfcc" becomes "loss_mfcc",
+    and metrics that are not losses ("acc...") keep their names, so the plot shows losses only."""
+    if key == "loss" or key.startswith("loss") or key.startswith("acc"):
+        return key
+    return f"loss_{key}"
+
+
+def _write_curve(out: Path, rows: list[dict[str, Any]], title: str) -> None:
+    if not rows:
+        return
+    columns = list(rows[0])
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "loss.csv", buf.getvalue().encode())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = [c for c in columns if c == "loss" or c.startswith("loss_")]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = [r["step"] for r in rows]
+    for c in losses:
+        ax.plot(steps, [r.get(c, float("nan")) for r in rows], label=c, linewidth=1.5 if c == "loss" else 0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean over logging window)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(losses) > 1:
+        ax.legend(fontsize=7, ncol=2)
+    png = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out / "loss.png", png.getvalue())
+
+
+def _save(path: Path, obj: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
+             progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Pretrain `config.encoder` with its objective; return the summary written to pretrain.json.
+
+    `stop_after` ends the run after that many steps as if killed (tests and benchmarks use it).
+    """
+    from tqdm import tqdm
+
+    config = config.validated()
+    out = Path(out)
+    last = out / "checkpoint-last.pt"
+    if last.exists() and not (resume or force):
+        raise ConfigError(f"{out} already holds a pretraining checkpoint ({last.name}); pass --resume to continue "
+                          "it, --force to start over, or choose another --out.")
+    if resume and not last.exists():
+        raise ConfigError(f"--resume: no {last} to resume from; drop --resume to start a new run.")
+    denormals_flushed = flush_denormals()
+    manifest = resolve_task(config.data, progress=progress)
+    sampler = CropSampler(manifest, tuple(config.splits), config.batch_size,
+                          int(round(config.crop_seconds * 16_000)), config.seed)
+    total_steps = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
+
+    torch.manual_seed(_seed_of(config.seed, "init") % 2**63)
+    encoder = create_encoder(config.encoder, **config.encoder_kwargs)
+    noise = [manifest.resolve(p) for p in manifest.meta.get("noise_sources", [])]
+    context = PretextContext(sample_rate=encoder.sample_rate, noise_sources=noise,
+                             generator=torch.Generator().manual_seed(_seed_of(config.seed, "context") % 2**63))
+    pretext = pretext_factory(config.encoder)(encoder, context, **config.pretext_kwargs)
+    lr = config.lr if config.lr is not None else pretext.default_lr
+    optimizer = torch.optim.Adam(pretext.parameters(), lr=lr)
+    identity = {**config.identity(), "manifest_id": manifest.manifest_id, "lr": lr}
+
+    step, rows, elapsed = 0, [], 0.0
+    if resume:
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        if saved.get("format") != FORMAT:
+            raise ConfigError(f"{last}: not an avbench pretraining checkpoint (format {saved.get('format')!r}).")
+        if saved["identity"] != identity:
+            diff = sorted(k for k in set(identity) | set(saved["identity"])
+                          if identity.get(k) != saved["identity"].get(k))
+            raise ConfigError(f"{last}: --resume with different settings ({', '.join(diff)}); a resumed run must "
+                              "match the one it continues (only --steps/--epochs may grow).")
+        pretext.load_state_dict(saved["pretext"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        context.generator.set_state(saved["context_rng"])
+        step, rows, elapsed = saved["step"], saved["rows"], saved["seconds"]
+        if step >= total_steps:
+            log.info("%s is already at step %d of %d", out, step, total_steps)
+        else:
+            log.info("resuming %s at step %d of %d", config.encoder, step, total_steps)
+    elif force:
+        last.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> dict[str, Any]:
+        summary = {
+            "format": FORMAT, "encoder": config.encoder, "config": {**asdict(config), "splits": list(config.splits)},
+            "lr": lr, "data": config.data, "manifest_id": manifest.manifest_id,
+            "data_name": manifest.meta.get("name", manifest.path.parent.name), "clips": len(sampler.paths),
+            "steps_per_epoch": sampler.steps_per_epoch, "step": step, "total_steps": total_steps,
+            "epochs_done": round(step / sampler.steps_per_epoch, 3), "seconds": round(elapsed, 1),
+            "encoder_params": count_parameters(encoder), "pretext_params": count_parameters(pretext),
+            "pretext": pretext.config(), "final_loss": rows[-1]["loss"] if rows else None,
+            "git_commit": git_commit(), "avbench_version": __version__, "torch_version": torch.__version__,
+            "flush_denormal": denormals_flushed,
+        }
+        _save(last, {"format": FORMAT, "identity": identity, "step": step, "rows": rows, "seconds": elapsed,
+                     "pretext": pretext.state_dict(), "optimizer": optimizer.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "context_rng": context.generator.get_state()})
+        _save(out / "encoder.pt", {"format": FORMAT, "encoder": encoder.state_dict(), "encoder_name": config.encoder,
+                                   "encoder_kwargs": config.encoder_kwargs, "step": step,
+                                   "manifest_id": manifest.manifest_id})
+        _write_curve(out, rows, f"{config.encoder} pretraining on {summary['data_name']}")
+        atomic_write_bytes(out / "pretrain.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+        return summary
+
+    pretext.train()
+    window: dict[str, list[float]] = {}
+    end = total_steps if stop_after is None else min(total_steps, step + stop_after)
+    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {config.encoder}", unit="step", disable=not progress)
+    started = time.time()
+    summary = None
+    while step < end:
+        wav, lengths = sampler.batch(step)
+        losses = pretext(wav, lengths)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {step + 1}; "
+                                     "lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(pretext.parameters(), config.max_grad_norm)
+        optimizer.step()
+        step += 1
+        for k, v in losses.items():
+            window.setdefault(k, []).append(float(v.detach()))
+        bar.update(1)
+        if step % config.log_every == 0 or step % config.save_every == 0 or step == end:
+            row = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4)}
+            row.update({_column(k): round(float(np.mean(v)), 6) for k, v in window.items()})
+            rows.append(row)
+            window = {}
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if step % config.save_every == 0 or step == end:
+            elapsed += time.time() - started
+            started = time.time()
+            summary = save()
+    bar.close()
+    if summary is None:  # nothing to do: already at the budget
+        summary = json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").exists() else save()
+    return summary
