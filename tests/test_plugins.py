@@ -122,3 +122,32 @@ def test_broken_plugin_is_logged_and_builtins_still_work(fresh_registry, tmp_pat
     assert feats.shape == (1, 11, 39) and lengths.tolist() == [11]
     with pytest.raises(ConfigError, match="unknown encoder 'broken-demo'"):
         fresh_registry.create_encoder("broken-demo")
+
+
+def test_an_encoder_family_builds_members_by_variant_name(capsys):
+    from bench.cli import main
+
+    @registry.register_encoder("test-family", family=True)
+    def family(variant: str, scale: float = 1.0):
+        class Member(registry.Encoder):
+            frame_rate, dim = 100.0, {"small": 2, "large": 4}[variant]
+
+            def forward(self, wav, lengths):
+                frames = self.output_lengths(lengths)
+                return torch.zeros(wav.shape[0], int(frames.max()), self.dim) + scale, frames
+
+        return Member()
+
+    try:
+        assert registry.create_encoder("test-family:large", scale=2.0).dim == 4
+        assert registry.create_encoder("test-family:small").dim == 2
+        with pytest.raises(ConfigError, match="is a family; name a member as test-family:<variant>"):
+            registry.create_encoder("test-family")
+        with pytest.raises(ConfigError, match="'mfcc39' takes no ':variant'"):
+            registry.create_encoder("mfcc39:big")
+        with pytest.raises(ConfigError, match="may not contain ':'"):
+            registry.register_encoder("a:b")
+        assert main(["list"]) == 0
+        assert "test-family:<variant>" in capsys.readouterr().out
+    finally:
+        registry._REGISTRY.pop("test-family", None)
