@@ -3,7 +3,8 @@
 A pretext is an `nn.Module` that holds the encoder it trains as `self.encoder`, plus whatever heads
 its objective needs (APC's postnet, wav2vec's step projections, PASE+'s workers). Its forward takes
 a batch of raw 16 kHz waveforms and returns a dict of scalar tensors with a "loss" entry to
-minimise; every other entry is logged to the loss curve as it is (e.g. per-worker losses).
+minimise. Every other entry is logged to loss.csv as it is; those named "loss_<part>" (e.g. one
+per PASE+ worker) are parts of the loss and are plotted beside it, the rest are metrics.
 
     @register_pretext("apc")
     def apc_pretext(encoder: APC, context: PretextContext, n_ahead: int = 3) -> Pretext: ...

@@ -133,14 +133,6 @@ class CropSampler:
         return wav, lengths
 
 
-def _column(key: str) -> str:
-    """Loss-curve column of a pretext output: "loss" stays, a worker "mfcc" becomes "loss_mfcc",
-    and metrics that are not losses ("acc...") keep their names, so the plot shows losses only."""
-    if key == "loss" or key.startswith("loss") or key.startswith("acc"):
-        return key
-    return f"loss_{key}"
-
-
 def _write_curve(out: Path, rows: list[dict[str, Any]], title: str) -> None:
     if not rows:
         return
@@ -283,7 +275,7 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
         bar.update(1)
         if step % config.log_every == 0 or step % config.save_every == 0 or step == end:
             row = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4)}
-            row.update({_column(k): round(float(np.mean(v)), 6) for k, v in window.items()})
+            row.update({k: round(float(np.mean(v)), 6) for k, v in window.items()})
             rows.append(row)
             window = {}
             bar.set_postfix(loss=f"{row['loss']:.4f}")

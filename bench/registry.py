@@ -33,7 +33,8 @@ log = logging.getLogger("avbench.registry")
 ENTRY_POINT_GROUP = "avbench.encoders"
 
 # Modules that hold avbench's own encoders; importing them runs their @register_encoder lines.
-BUILTIN_ENCODER_MODULES = ("baselines.spectral", "baselines.supervised")
+BUILTIN_ENCODER_MODULES = ("baselines.spectral", "baselines.supervised", "baselines.apc",
+                           "baselines.wav2vec", "baselines.pase")
 
 
 class Encoder(nn.Module):

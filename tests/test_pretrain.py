@@ -61,7 +61,8 @@ class NextEnergy(Pretext):
         err = (pred[:, :-k] - energy[:, k:feats.shape[1]]).abs()
         # A noise draw from the context generator, as contamination would: resume must restore it.
         jitter = torch.rand((), generator=self.encoder_generator) * 1e-6
-        return {"loss": (err * mask).sum() / mask.sum() + jitter, "l1": (err * mask).sum() / mask.sum()}
+        return {"loss": (err * mask).sum() / mask.sum() + jitter, "loss_l1": (err * mask).sum() / mask.sum(),
+                "frames": mask.sum()}
 
     def config(self):
         return {"n_ahead": self.n_ahead}
@@ -98,7 +99,7 @@ def test_pretrain_writes_checkpoints_curve_and_a_loadable_encoder(toy_pretext, t
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "loss.csv").open()))
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]
-    assert {"loss", "loss_l1", "epoch"} <= set(rows[0])
+    assert {"loss", "loss_l1", "frames", "epoch"} <= set(rows[0])
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # a learnable toy target: the loss must fall
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "pretrain.json").read_text())["pretext"] == {"n_ahead": 1}

@@ -1,0 +1,59 @@
+"""Reading other toolkits' published checkpoints without running their pickled code.
+
+Published checkpoints are pickles. fairseq's hold an argparse `Namespace` of training arguments,
+and training bookkeeping (`extra_state`, optimizer history) may hold numpy scalars and arrays.
+`torch.load(weights_only=True)` refuses all of those by default, while a plain `torch.load` would
+run whatever the file names. So avbench allows exactly these data-only types and nothing else:
+a file that pickles any other global is refused, with the global named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.errors import ConfigError
+
+
+def _numpy_data_globals() -> list[Any]:
+    """numpy's scalar/array reconstruction helpers: they rebuild values from bytes, nothing more."""
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray.scalar, core.multiarray._reconstruct, np.dtype, np.ndarray]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes through their classes
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return found
+
+
+DATA_GLOBALS: tuple[Any, ...] = (argparse.Namespace, *_numpy_data_globals())
+
+
+def load_published_checkpoint(path: str | Path, what: str) -> Any:
+    """torch.load(path) allowing tensors, plain containers, argparse.Namespace and numpy data only.
+
+    `what` names the model family in error messages ("a wav2vec checkpoint").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found.")
+    try:
+        with torch.serialization.safe_globals(list(DATA_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:  # not a class refusal: a corrupt or foreign file
+            raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({exc}).") from exc
+        kind = f"an object of type {found.group(1)}"
+        raise ConfigError(
+            f"{path}: refused to load {what}: it pickles {kind}. avbench reads checkpoints with "
+            "torch.load(weights_only=True), allowing only tensors, plain containers, argparse.Namespace and "
+            "numpy values, because unpickling anything else can run code. If you trust the file, re-save "
+            "just its config and state dict entries as plain dicts.") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({exc}).") from exc
