@@ -322,7 +322,7 @@ class APCPretext(Pretext):
         self.encoder = encoder
         self.n_ahead = int(n_ahead)
 
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor, info=None) -> dict[str, torch.Tensor]:
         feats, frames = self.encoder.features(wav, lengths)
         n = self.n_ahead
         if feats.shape[1] <= n or int((frames - n).clamp(min=0).sum()) == 0:

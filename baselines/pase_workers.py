@@ -636,7 +636,7 @@ class PASEPretext(Pretext):
     def contaminate(self, clean: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.contamination(clean, lengths)
 
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor, info=None) -> dict[str, torch.Tensor]:
         if wav.dim() != 2:
             raise ValueError(f"wav must be [B, T], got shape {tuple(wav.shape)}")
         T = wav.shape[-1]

@@ -604,7 +604,7 @@ class Wav2VecPretext(Pretext):
         idx = idx + (idx >= torch.arange(max_frames).reshape(1, -1, 1)).to(torch.long)
         return idx.clamp(max=max(max_frames - 1, 0))
 
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor, info=None) -> dict[str, torch.Tensor]:
         z, c, frames = self.encoder.encode(wav, lengths)
         batch, _, n_frames = z.shape
         if n_frames <= self.offset or int(frames.max()) <= self.offset:

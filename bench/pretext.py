@@ -14,6 +14,12 @@ The name is the encoder's registry name, so `avbench pretrain apc --data MANIFES
 online contamination) must draw from torch's global generator or from `context.generator`: the
 pretraining loop seeds both and saves their state in every checkpoint, so that a resumed run
 continues with exactly the numbers an uninterrupted one would have drawn.
+
+Objectives that need more than the waveform (mouth frames, per-clip targets cached once) get
+`info`, a `CropInfo` saying which manifest row each crop came from and where it starts, and
+`context.manifest`, the manifest itself. An objective whose data is on a coarser grid sets
+`crop_align` (in samples): the loop then starts every crop on a multiple of it, e.g. 640 samples
+(40 ms) so that a crop starts exactly on a 25 fps video frame.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError
+from bench.manifest import Manifest
 from bench.registry import Encoder, _load_all
 
-__all__ = ["Pretext", "PretextContext", "register_pretext", "pretext_factory", "list_pretexts"]
+__all__ = ["CropInfo", "Pretext", "PretextContext", "register_pretext", "pretext_factory", "list_pretexts"]
 
 
 @dataclass
@@ -40,6 +47,17 @@ class PretextContext:
     # contamination. Empty when the corpus has none; objectives that need noise must say so.
     noise_sources: list[Path] = field(default_factory=list)
     generator: torch.Generator = field(default_factory=torch.Generator)
+    # The manifest the crops come from (None in unit tests that feed waveforms directly).
+    manifest: Manifest | None = None
+
+
+@dataclass
+class CropInfo:
+    """Where each crop of a batch comes from: manifest row positions and start samples."""
+
+    rows: list[int]            # positions in `context.manifest.table` (iloc)
+    clip_ids: list[str]
+    starts: torch.Tensor       # [B] int64, the crop's first sample within its clip
 
 
 class Pretext(nn.Module):
@@ -48,8 +66,11 @@ class Pretext(nn.Module):
     encoder: Encoder
     # Adam's learning rate when the user gives none; each objective sets what its paper used.
     default_lr: float = 1e-3
+    # Crops start on multiples of this many samples (640 = one 25 fps video frame at 16 kHz).
+    crop_align: int = 1
 
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor,
+                info: CropInfo | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def config(self) -> dict:

@@ -40,7 +40,7 @@ from bench import __version__
 from bench.audio import load_audio
 from bench.errors import ConfigError
 from bench.manifest import Manifest, atomic_write_bytes
-from bench.pretext import PretextContext, pretext_factory
+from bench.pretext import CropInfo, PretextContext, pretext_factory
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runner import flush_denormals
@@ -103,34 +103,44 @@ class CropSampler:
     """Batches of random crops; a pure function of (seed, step), so resuming needs no state."""
 
     def __init__(self, manifest: Manifest, splits: tuple[str, ...], batch_size: int, crop_samples: int,
-                 seed: int) -> None:
-        rows = manifest.table[manifest.table["split"].isin(splits)]
-        if rows.empty:
+                 seed: int, align: int = 1) -> None:
+        in_splits = manifest.table["split"].isin(splits).to_numpy()
+        if not in_splits.any():
             raise ConfigError(f"{manifest.path}: no clips in split(s) {', '.join(splits)} to pretrain on.")
-        self.paths = [manifest.resolve(p) for p in rows["audio_path"]]
-        self.batch_size, self.crop_samples, self.seed = batch_size, crop_samples, seed
+        self.rows = np.flatnonzero(in_splits)
+        self.clip_ids = manifest.table["clip_id"].to_numpy()[self.rows]
+        self.paths = [manifest.resolve(p) for p in manifest.table["audio_path"].to_numpy()[self.rows]]
+        self.batch_size, self.crop_samples, self.seed, self.align = batch_size, crop_samples, seed, max(1, align)
         self.steps_per_epoch = max(1, len(self.paths) // batch_size)  # the last partial batch is dropped
         self._order_epoch, self._order = -1, None
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, CropInfo]:
+        """The crops of `step` (or the `part` of them that one distributed rank trains on)."""
         epoch, position = divmod(step, self.steps_per_epoch)
         if epoch != self._order_epoch:
             self._order = np.random.default_rng(_seed_of(self.seed, "order", epoch)).permutation(len(self.paths))
             self._order_epoch = epoch
         picks = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        # Every crop's start is drawn whatever `part` is, so a rank's crops are those of the full batch.
         rng = np.random.default_rng(_seed_of(self.seed, "crop", step))
+        draws = rng.random(len(picks))
+        picks, draws = picks[part], draws[part]
         wav = torch.zeros(len(picks), self.crop_samples)
         lengths = torch.zeros(len(picks), dtype=torch.long)
-        for i, k in enumerate(picks):
+        starts = torch.zeros(len(picks), dtype=torch.long)
+        for i, (k, u) in enumerate(zip(picks, draws)):
             audio = load_audio(self.paths[k])
-            start = int(rng.integers(0, len(audio) - self.crop_samples + 1)) if len(audio) > self.crop_samples else 0
+            slots = max(0, len(audio) - self.crop_samples) // self.align + 1
+            start = int(u * slots) * self.align
             piece = audio[start:start + self.crop_samples]
             wav[i, :len(piece)] = torch.from_numpy(piece)
-            lengths[i] = len(piece)
-        return wav, lengths
+            lengths[i], starts[i] = len(piece), start
+        info = CropInfo(rows=[int(self.rows[k]) for k in picks], clip_ids=[str(self.clip_ids[k]) for k in picks],
+                        starts=starts)
+        return wav, lengths, info
 
 
 def _write_curve(out: Path, rows: list[dict[str, Any]], title: str) -> None:
@@ -192,16 +202,15 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
         raise ConfigError(f"--resume: no {last} to resume from; drop --resume to start a new run.")
     denormals_flushed = flush_denormals()
     manifest = resolve_task(config.data, progress=progress)
-    sampler = CropSampler(manifest, tuple(config.splits), config.batch_size,
-                          int(round(config.crop_seconds * 16_000)), config.seed)
-    total_steps = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
-
     torch.manual_seed(_seed_of(config.seed, "init") % 2**63)
     encoder = create_encoder(config.encoder, **config.encoder_kwargs)
     noise = [manifest.resolve(p) for p in manifest.meta.get("noise_sources", [])]
-    context = PretextContext(sample_rate=encoder.sample_rate, noise_sources=noise,
+    context = PretextContext(sample_rate=encoder.sample_rate, noise_sources=noise, manifest=manifest,
                              generator=torch.Generator().manual_seed(_seed_of(config.seed, "context") % 2**63))
     pretext = pretext_factory(config.encoder)(encoder, context, **config.pretext_kwargs)
+    sampler = CropSampler(manifest, tuple(config.splits), config.batch_size,
+                          int(round(config.crop_seconds * 16_000)), config.seed, align=pretext.crop_align)
+    total_steps = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
     lr = config.lr if config.lr is not None else pretext.default_lr
     optimizer = torch.optim.Adam(pretext.parameters(), lr=lr)
     identity = {**config.identity(), "manifest_id": manifest.manifest_id, "lr": lr}
@@ -258,8 +267,8 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     started = time.time()
     summary = None
     while step < end:
-        wav, lengths = sampler.batch(step)
-        losses = pretext(wav, lengths)
+        wav, lengths, info = sampler.batch(step)
+        losses = pretext(wav, lengths, info=info)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {step + 1}; "

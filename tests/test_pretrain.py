@@ -51,7 +51,7 @@ class NextEnergy(Pretext):
         self.head = nn.Linear(encoder.dim, 1)
         self.dropout = nn.Dropout(0.2)  # draws from torch's RNG: resume must restore it
 
-    def forward(self, wav, lengths):
+    def forward(self, wav, lengths, info=None):
         feats, frames = self.encoder(wav, lengths)
         energy = torch.log(wav.unfold(1, 400, 160).pow(2).mean(-1) + 1e-6)
         energy = energy - energy.mean(1, keepdim=True)
@@ -152,3 +152,22 @@ def test_cli_pretrain_then_evaluate_the_checkpoint(toy_pretext, tiny_corpus, tmp
     assert main(["-q", "run", "--encoder", f"test-frameconv@{out / 'encoder.pt'}", "--task", str(tiny_corpus.path),
                  "--epochs", "1", "--records", str(tmp_path / "runs.jsonl")]) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_crops_come_with_their_rows_and_aligned_starts(tiny_corpus):
+    from bench.audio import load_audio
+    from bench.pretrain import CropSampler
+
+    manifest = tiny_corpus.manifest
+    sampler = CropSampler(manifest, ("train",), batch_size=6, crop_samples=9_000, seed=1, align=640)
+    wav, lengths, info = sampler.batch(3)
+    assert len(info.rows) == 6 and (info.starts % 640 == 0).all()
+    for i, row in enumerate(info.rows):
+        clip = manifest.table.iloc[row]
+        assert clip["clip_id"] == info.clip_ids[i] and clip["split"] == "train"
+        audio = load_audio(manifest.resolve(clip["audio_path"]))
+        start = int(info.starts[i])
+        assert torch.equal(wav[i, :lengths[i]], torch.from_numpy(audio[start:start + 9_000]))
+    # A rank's part of the batch is exactly that part of the full batch.
+    part_wav, _, part_info = sampler.batch(3, slice(2, 4))
+    assert torch.equal(part_wav, wav[2:4]) and part_info.rows == info.rows[2:4]
