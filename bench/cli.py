@@ -148,6 +148,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         data = Path(config.data).name if "/" in config.data else config.data.replace(":", "-")
         args.out = data_dir() / "pretrained" / f"{config.encoder}-{data}-{budget}-seed{config.seed}"
     summary = pretrain(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    if not summary:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(f"{config.encoder} pretrained on {summary['data_name']} ({summary['clips']} clips): step "
           f"{summary['step']}/{summary['total_steps']} ({summary['epochs_done']:g} epochs), final loss "
           f"{summary['final_loss']}, {summary['seconds']:.0f} s")

@@ -184,15 +184,88 @@ def _save(path: Path, obj: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class _Distributed:
+    """torchrun's process group, or a world of one.
+
+    Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1 in the environment) every rank builds the
+    same model from the same seed, trains on its slice of each global batch through
+    DistributedDataParallel (gloo on CPU, nccl on CUDA), whose gradient all-reduce averages the
+    ranks' gradients, and only rank 0 writes files. With equal slices and a loss that is a mean
+    over equal-sized parts, one step equals the single-process step on the whole batch (tested).
+    BatchNorm statistics stay per rank (SyncBatchNorm has no CPU kernel).
+    """
+
+    def __init__(self) -> None:
+        import os
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.active = self.world > 1
+        if self.active:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            if "OMP_NUM_THREADS" not in os.environ:
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def part(self, batch_size: int) -> slice:
+        if batch_size % self.world:
+            raise ConfigError(f"--batch-size {batch_size} must be a multiple of the {self.world} processes: each "
+                              "takes an equal slice of every global batch")
+        share = batch_size // self.world
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if not self.active:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, find_unused_parameters=False)
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average logged numbers over ranks, so the curve describes the global batch."""
+        if not self.active:
+            return values
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
              progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Pretrain `config.encoder` with its objective; return the summary written to pretrain.json.
 
     `stop_after` ends the run after that many steps as if killed (tests and benchmarks use it).
+    Under torchrun the same call trains data-parallel (see `_Distributed`).
     """
     from tqdm import tqdm
 
     config = config.validated()
+    dist = _Distributed()
+    part = dist.part(config.batch_size)
     out = Path(out)
     last = out / "checkpoint-last.pt"
     if last.exists() and not (resume or force):
@@ -201,7 +274,7 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     if resume and not last.exists():
         raise ConfigError(f"--resume: no {last} to resume from; drop --resume to start a new run.")
     denormals_flushed = flush_denormals()
-    manifest = resolve_task(config.data, progress=progress)
+    manifest = resolve_task(config.data, progress=progress and dist.writer)
     torch.manual_seed(_seed_of(config.seed, "init") % 2**63)
     encoder = create_encoder(config.encoder, **config.encoder_kwargs)
     noise = [manifest.resolve(p) for p in manifest.meta.get("noise_sources", [])]
@@ -214,8 +287,12 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     lr = config.lr if config.lr is not None else pretext.default_lr
     optimizer = torch.optim.Adam(pretext.parameters(), lr=lr)
     identity = {**config.identity(), "manifest_id": manifest.manifest_id, "lr": lr}
+    if dist.active:
+        # Ranks draw different dropout masks, negatives and contamination; resuming restores each.
+        torch.manual_seed(_seed_of(config.seed, "rank", dist.rank) % 2**63)
+        context.generator.manual_seed(_seed_of(config.seed, "context", dist.rank) % 2**63)
 
-    step, rows, elapsed = 0, [], 0.0
+    step, rows, snapshots, elapsed = 0, [], [], 0.0
     if resume:
         saved = torch.load(last, map_location="cpu", weights_only=False)
         if saved.get("format") != FORMAT:
@@ -225,34 +302,49 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
                           if identity.get(k) != saved["identity"].get(k))
             raise ConfigError(f"{last}: --resume with different settings ({', '.join(diff)}); a resumed run must "
                               "match the one it continues (only --steps/--epochs may grow).")
+        if len(saved["rng"]) != dist.world:
+            raise ConfigError(f"{last}: saved by {len(saved['rng'])} process(es); resume it with as many "
+                              f"(now {dist.world}), or the random streams would not continue.")
         pretext.load_state_dict(saved["pretext"])
         optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        context.generator.set_state(saved["context_rng"])
-        step, rows, elapsed = saved["step"], saved["rows"], saved["seconds"]
+        torch.set_rng_state(saved["rng"][dist.rank]["torch"])
+        context.generator.set_state(saved["rng"][dist.rank]["context"])
+        step, rows, snapshots, elapsed = saved["step"], saved["rows"], saved.get("snapshots", []), saved["seconds"]
         if step >= total_steps:
             log.info("%s is already at step %d of %d", out, step, total_steps)
         else:
             log.info("resuming %s at step %d of %d", config.encoder, step, total_steps)
-    elif force:
+    elif force and dist.writer:
         last.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.writer:
+        out.mkdir(parents=True, exist_ok=True)
+    model = dist.wrap(pretext)
 
     def save() -> dict[str, Any]:
+        # Every rank takes part in the gather; only rank 0 writes.
+        rng = dist.gather({"torch": torch.get_rng_state(), "context": context.generator.get_state()})
+        if not dist.writer:
+            return {}
+        if hasattr(pretext, "snapshot"):  # e.g. generated vs real mouth frames on held-out clips
+            pretext.eval()
+            with torch.no_grad():
+                snapshots.append({"step": step, **pretext.snapshot(out, step)})
+            pretext.train()
         summary = {
             "format": FORMAT, "encoder": config.encoder, "config": {**asdict(config), "splits": list(config.splits)},
             "lr": lr, "data": config.data, "manifest_id": manifest.manifest_id,
             "data_name": manifest.meta.get("name", manifest.path.parent.name), "clips": len(sampler.paths),
             "steps_per_epoch": sampler.steps_per_epoch, "step": step, "total_steps": total_steps,
             "epochs_done": round(step / sampler.steps_per_epoch, 3), "seconds": round(elapsed, 1),
-            "encoder_params": count_parameters(encoder), "pretext_params": count_parameters(pretext),
-            "pretext": pretext.config(), "final_loss": rows[-1]["loss"] if rows else None,
+            "processes": dist.world, "encoder_params": count_parameters(encoder),
+            "pretext_params": count_parameters(pretext), "pretext": pretext.config(),
+            "final_loss": rows[-1]["loss"] if rows else None, "snapshots": snapshots,
             "git_commit": git_commit(), "avbench_version": __version__, "torch_version": torch.__version__,
             "flush_denormal": denormals_flushed,
         }
-        _save(last, {"format": FORMAT, "identity": identity, "step": step, "rows": rows, "seconds": elapsed,
-                     "pretext": pretext.state_dict(), "optimizer": optimizer.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "context_rng": context.generator.get_state()})
+        _save(last, {"format": FORMAT, "identity": identity, "step": step, "rows": rows, "snapshots": snapshots,
+                     "seconds": elapsed, "pretext": pretext.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rng": rng})
         _save(out / "encoder.pt", {"format": FORMAT, "encoder": encoder.state_dict(), "encoder_name": config.encoder,
                                    "encoder_kwargs": config.encoder_kwargs, "step": step,
                                    "manifest_id": manifest.manifest_id})
@@ -263,12 +355,13 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     pretext.train()
     window: dict[str, list[float]] = {}
     end = total_steps if stop_after is None else min(total_steps, step + stop_after)
-    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {config.encoder}", unit="step", disable=not progress)
+    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {config.encoder}", unit="step",
+               disable=not (progress and dist.writer))
     started = time.time()
     summary = None
     while step < end:
-        wav, lengths, info = sampler.batch(step)
-        losses = pretext(wav, lengths, info=info)
+        wav, lengths, info = sampler.batch(step, part)
+        losses = model(wav, lengths, info=info)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {step + 1}; "
@@ -284,8 +377,8 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
         bar.update(1)
         if step % config.log_every == 0 or step % config.save_every == 0 or step == end:
             row = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4)}
-            row.update({k: round(float(np.mean(v)), 6) for k, v in window.items()})
-            rows.append(row)
+            row.update(dist.mean({k: float(np.mean(v)) for k, v in window.items()}))
+            rows.append({k: (round(v, 6) if isinstance(v, float) and k not in ("epoch",) else v) for k, v in row.items()})
             window = {}
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         if step % config.save_every == 0 or step == end:
@@ -293,6 +386,7 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
             started = time.time()
             summary = save()
     bar.close()
+    dist.barrier()
     if summary is None:  # nothing to do: already at the budget
         summary = json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").exists() else save()
-    return summary
+    return summary if dist.writer else {}

@@ -171,3 +171,39 @@ def test_crops_come_with_their_rows_and_aligned_starts(tiny_corpus):
     # A rank's part of the batch is exactly that part of the full batch.
     part_wav, _, part_info = sampler.batch(3, slice(2, 4))
     assert torch.equal(part_wav, wav[2:4]) and part_info.rows == info.rows[2:4]
+
+
+def test_one_ddp_step_on_two_cpu_processes_equals_the_single_process_step(tiny_corpus, tmp_path):
+    """`torchrun --nproc_per_node 2 avbench pretrain ...`: gloo, half the global batch per rank."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # APC without dropout: every crop is a whole 1 s clip, so each rank's loss is a mean over the
+    # same number of frames, and the mean of the two ranks' gradients is the full batch's gradient.
+    args = ["-q", "pretrain", "apc", "--data", str(tiny_corpus.path), "--steps", "2", "--batch-size", "8",
+            "--encoder-arg", "num_layers=2", "--encoder-arg", "hidden_size=32", "--encoder-arg", "dropout=0"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "bench.cli", *args,
+                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "encoder.pt", weights_only=True)["encoder"]
+    two = torch.load(tmp_path / "two" / "encoder.pt", weights_only=True)["encoder"]
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    from bench.pretrain import _seed_of
+
+    torch.manual_seed(_seed_of(0, "init") % 2**63)  # the initial weights, as pretrain() draws them
+    start = create_encoder("apc", num_layers=2, hidden_size=32, dropout=0).state_dict()
+    assert max((one[k] - start[k]).abs().max().item() for k in one) > 1e-4  # the steps did move the weights
+    summary = json.loads((tmp_path / "two" / "pretrain.json").read_text())
+    assert summary["processes"] == 2 and summary["step"] == 2
+    # Both ranks' random states were saved: a 2-process run resumes only with 2 processes.
+    with pytest.raises(ConfigError, match="saved by 2 process"):
+        pretrain(PretrainConfig(encoder="apc", data=str(tiny_corpus.path), steps=3, batch_size=8,
+                                encoder_kwargs={"num_layers": 2, "hidden_size": 32, "dropout": 0}),
+                 tmp_path / "two", resume=True, progress=False)
