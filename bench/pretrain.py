@@ -302,6 +302,8 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
                           if identity.get(k) != saved["identity"].get(k))
             raise ConfigError(f"{last}: --resume with different settings ({', '.join(diff)}); a resumed run must "
                               "match the one it continues (only --steps/--epochs may grow).")
+        # Checkpoints written before distributed training held one process's random states.
+        saved.setdefault("rng", [{"torch": saved.get("torch_rng"), "context": saved.get("context_rng")}])
         if len(saved["rng"]) != dist.world:
             raise ConfigError(f"{last}: saved by {len(saved['rng'])} process(es); resume it with as many "
                               f"(now {dist.world}), or the random streams would not continue.")
