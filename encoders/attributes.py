@@ -453,6 +453,11 @@ class AttributePretext(Pretext):
             raise ValueError(f"wav must be [B, T], got shape {tuple(wav.shape)}")
         lengths = torch.as_tensor(lengths, device=wav.device).to(torch.long).clamp(max=wav.shape[-1])
         feats, out_len = self.encoder(wav, lengths)
+        return self.loss_from_features(feats, out_len, wav, lengths, info)
+
+    def loss_from_features(self, feats: torch.Tensor, out_len: torch.Tensor, wav: torch.Tensor,
+                           lengths: torch.Tensor, info: CropInfo | None = None) -> dict[str, torch.Tensor]:
+        """The objective on already computed 25 Hz features (for objectives that share them)."""
         target, t_len = self.targets(wav, lengths, info)
         common = min(feats.shape[1], target.shape[1])
         valid = AF.length_mask(torch.minimum(out_len.to(wav.device), t_len), common)  # [B, common]
