@@ -94,8 +94,13 @@ def file_hash(path: str | Path | None) -> str | None:
 
 
 def config_hash(config: RunConfig, manifest_id: str, checkpoint_hash: str | None) -> str:
-    """Identity of a run: its settings, the manifest content and the checkpoint content."""
-    payload = {"config": asdict(config), "manifest_id": manifest_id, "checkpoint_hash": checkpoint_hash}
+    """Identity of a run: its settings, the manifest content and the checkpoint content.
+
+    A checkpoint counts by its content, not its path: the same weights under another folder (a
+    colleague's clone, a moved run) are the same run, and overwritten weights are a new one.
+    """
+    settings = {**asdict(config), "encoder": split_spec(config.encoder)[0], "checkpoint": None}
+    payload = {"config": settings, "manifest_id": manifest_id, "checkpoint_hash": checkpoint_hash}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -294,8 +299,10 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
         "status": "ok",
         "config_hash": chash,
         "config": asdict(config),
-        "encoder": config.encoder,
+        # Tables show this: the name, and for pretrained weights their content hash, not a local path.
+        "encoder": encoder_name if ckpt_hash is None else f"{encoder_name}@{ckpt_hash[:8]}",
         "encoder_name": encoder_name,
+        "checkpoint_path": str(checkpoint) if checkpoint else None,
         "checkpoint_hash": ckpt_hash,
         "encoder_params": count_parameters(encoder),
         "task": config.task,

@@ -276,3 +276,21 @@ def test_a_killed_run_resumes_from_its_last_epoch_with_identical_results(tiny_co
     for key in ("test_acc", "val_acc", "best_epoch", "confusion", "config_hash"):
         assert resumed[key] == reference[key]
     assert not runner._state_path(resumed["config_hash"]).exists(), "a finished run leaves no checkpoint"
+
+
+def test_a_checkpoint_counts_by_content_not_path(tiny_corpus, tmp_path):
+    import shutil
+
+    from bench.pretrain import PretrainConfig, pretrain
+
+    pretrain(PretrainConfig(encoder="apc", data=str(tiny_corpus.path), steps=1, batch_size=4,
+                            encoder_kwargs={"num_layers": 1, "hidden_size": 16}), tmp_path / "a", progress=False)
+    (tmp_path / "moved").mkdir()
+    shutil.copy(tmp_path / "a" / "encoder.pt", tmp_path / "moved" / "encoder.pt")
+    records = tmp_path / "runs.jsonl"
+    kwargs = dict(task=str(tiny_corpus.path), epochs=1, encoder_kwargs={"num_layers": 1, "hidden_size": 16})
+    first = run_experiment(RunConfig(encoder=f"apc@{tmp_path / 'a' / 'encoder.pt'}", **kwargs), records, progress=False)
+    again = run_experiment(RunConfig(encoder=f"apc@{tmp_path / 'moved' / 'encoder.pt'}", **kwargs), records,
+                           progress=False)
+    assert again.get("skipped") and again["config_hash"] == first["config_hash"]
+    assert first["encoder"] == f"apc@{first['checkpoint_hash'][:8]}"  # tables show no local path
