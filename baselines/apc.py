@@ -217,8 +217,6 @@ class APC(Encoder):
         inference features).
         """
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: checkpoint not found for encoder {self.name!r}.")
         ckpt = load_published_checkpoint(path, "an APC checkpoint")
         if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "model" in ckpt:
             self._check_s3prl_config(ckpt["config"], path)

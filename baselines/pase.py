@@ -535,8 +535,6 @@ class PASEPlus(Encoder):
         another architecture rebuilds this encoder to it before the weights load.
         """
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: checkpoint not found for encoder {self.name!r}.")
         obj = load_published_checkpoint(path, "a PASE+ checkpoint")
         if not isinstance(obj, dict):
             raise ConfigError(f"{path}: expected a state dict or a dict holding one, got {type(obj).__name__}")

@@ -57,7 +57,6 @@ import hashlib
 import importlib
 import logging
 import math
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.checkpoints import load_published_checkpoint
 from bench.errors import ConfigError
 from bench.registry import Encoder, load_state_exactly, register_encoder
 
@@ -156,19 +156,10 @@ def read_checkpoint_safely(path: Path) -> Any:
         head = fh.read(4)
     if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
         return None
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(_ZIP_MAGIC))
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"an object of type {found.group(1)}" if found else "a non-data Python object"
-        raise ConfigError(
-            f"{path}: refused to load: it pickles {what}. avbench reads checkpoints with torch.load(weights_only=True), "
-            "allowing tensors, plain containers and argparse.Namespace only, before s3prl (some of whose upstreams "
-            "unpickle anything) sees them. If you trust the file, re-save it with plain dicts and state dicts."
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({exc}).") from exc
+    # Only Namespace (s3prl's pretrain runner stores its Args as one): not the numpy data that
+    # fairseq's bookkeeping needs, because s3prl's own files never hold any.
+    return load_published_checkpoint(path, "an s3prl checkpoint", allowed=(argparse.Namespace,),
+                                     mmap=head.startswith(_ZIP_MAGIC))
 
 
 def _is_avbench_weights(obj: Any) -> bool:

@@ -491,8 +491,6 @@ _UNSUPPORTED = {  # field -> (allowed values, why)
 def read_published_checkpoint(path: str | Path) -> PublishedCheckpoint | None:
     """Read a fairseq/s3prl wav2vec checkpoint; None when the file is in neither format."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: checkpoint not found for a wav2vec encoder.")
     raw = load_published_checkpoint(path, "a wav2vec checkpoint")
     if not isinstance(raw, Mapping):
         return None

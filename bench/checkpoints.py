@@ -34,26 +34,31 @@ def _numpy_data_globals() -> list[Any]:
 DATA_GLOBALS: tuple[Any, ...] = (argparse.Namespace, *_numpy_data_globals())
 
 
-def load_published_checkpoint(path: str | Path, what: str) -> Any:
-    """torch.load(path) allowing tensors, plain containers, argparse.Namespace and numpy data only.
+def load_published_checkpoint(path: str | Path, what: str, allowed: tuple[Any, ...] = DATA_GLOBALS,
+                              mmap: bool = False) -> Any:
+    """torch.load(path) allowing tensors, plain containers and the `allowed` globals only.
 
-    `what` names the model family in error messages ("a wav2vec checkpoint").
+    `what` names the model family in error messages ("a wav2vec checkpoint"). The default
+    `allowed` is argparse.Namespace and numpy data; `mmap` maps a zip-format file instead of
+    reading it (for vetting a large file before another library loads it).
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found.")
     try:
-        with torch.serialization.safe_globals(list(DATA_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:  # not a class refusal: a corrupt or foreign file
             raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({exc}).") from exc
-        kind = f"an object of type {found.group(1)}"
+        permitted = ("argparse.Namespace and numpy values" if allowed is DATA_GLOBALS
+                     else ", ".join(f"{g.__module__}.{g.__qualname__}" for g in allowed))
         raise ConfigError(
-            f"{path}: refused to load {what}: it pickles {kind}. avbench reads checkpoints with "
-            "torch.load(weights_only=True), allowing only tensors, plain containers, argparse.Namespace and "
-            "numpy values, because unpickling anything else can run code. If you trust the file, re-save "
-            "just its config and state dict entries as plain dicts.") from exc
+            f"{path}: refused to load {what}: it pickles an object of type {found.group(1)}. avbench reads "
+            f"checkpoints with torch.load(weights_only=True), allowing only tensors, plain containers and "
+            f"{permitted}, because unpickling anything else can run code. If you trust the file, re-save just "
+            "its config and state dict entries as plain dicts.") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({exc}).") from exc
+

@@ -212,7 +212,7 @@ def test_a_checkpoint_with_other_objects_is_refused_before_s3prl_reads_it(standi
     path = tmp_path / "evil.ckpt"
     ok = torch.load(write_standin_ckpt(tmp_path / "ok.ckpt"), weights_only=True)
     torch.save({**ok, "extra": Foreign()}, path)
-    with pytest.raises(ConfigError, match=r"refused to load: it pickles an object of type .*Foreign"):
+    with pytest.raises(ConfigError, match=r"refused to load an s3prl checkpoint: it pickles an object of type .*Foreign"):
         create_encoder("s3prl:standin", checkpoint=path)
     assert BUILDS == []
     with pytest.raises(ConfigError, match="checkpoint not found"):
