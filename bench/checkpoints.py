@@ -10,6 +10,7 @@ a file that pickles any other global is refused, with the global named.
 from __future__ import annotations
 
 import argparse
+import io
 import pickle
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from bench.errors import ConfigError
+from bench.manifest import atomic_write_bytes
 
 
 def _numpy_data_globals() -> list[Any]:
@@ -62,3 +64,9 @@ def load_published_checkpoint(path: str | Path, what: str, allowed: tuple[Any, .
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({exc}).") from exc
 
+
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """torch.save that replaces `path` whole or not at all: a kill mid-save leaves the previous file."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())

@@ -38,6 +38,7 @@ import torch
 
 from bench import __version__
 from bench.audio import load_audio
+from bench.checkpoints import atomic_torch_save
 from bench.errors import ConfigError
 from bench.manifest import Manifest, atomic_write_bytes
 from bench.pretext import CropInfo, PretextContext, pretext_factory
@@ -176,12 +177,6 @@ def _write_curve(out: Path, rows: list[dict[str, Any]], title: str) -> None:
     fig.savefig(png, format="png")
     plt.close(fig)
     atomic_write_bytes(out / "loss.png", png.getvalue())
-
-
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 class _Distributed:
@@ -344,12 +339,12 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
             "git_commit": git_commit(), "avbench_version": __version__, "torch_version": torch.__version__,
             "flush_denormal": denormals_flushed,
         }
-        _save(last, {"format": FORMAT, "identity": identity, "step": step, "rows": rows, "snapshots": snapshots,
-                     "seconds": elapsed, "pretext": pretext.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": rng})
-        _save(out / "encoder.pt", {"format": FORMAT, "encoder": encoder.state_dict(), "encoder_name": config.encoder,
-                                   "encoder_kwargs": config.encoder_kwargs, "step": step,
-                                   "manifest_id": manifest.manifest_id})
+        atomic_torch_save(last, {"format": FORMAT, "identity": identity, "step": step, "rows": rows,
+                                 "snapshots": snapshots, "seconds": elapsed, "pretext": pretext.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "rng": rng})
+        atomic_torch_save(out / "encoder.pt", {"format": FORMAT, "encoder": encoder.state_dict(),
+                                               "encoder_name": config.encoder, "encoder_kwargs": config.encoder_kwargs,
+                                               "step": step, "manifest_id": manifest.manifest_id})
         _write_curve(out, rows, f"{config.encoder} pretraining on {summary['data_name']}")
         atomic_write_bytes(out / "pretrain.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
         return summary

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bench import __version__
+from bench.checkpoints import atomic_torch_save
 from bench.data import CachedFeatureDataset, WaveformDataset, label_subset, pad_collate, subset_hash
 from bench.downstream import POOLINGS, BiGRUClassifier
 from bench.errors import ConfigError
@@ -145,14 +146,6 @@ def _state_path(chash: str) -> Path:
     from bench.paths import data_dir
 
     return data_dir() / "runs" / chash / "state.pt"
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomically replace the run's epoch checkpoint (a killed save leaves the previous one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> tuple[float, np.ndarray]:
@@ -285,9 +278,9 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
             best = {"epoch": epoch, "val_acc": val_acc, "state": copy.deepcopy(model.state_dict())}
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", val=f"{val_acc:.3f}", best=f"{best['val_acc']:.3f}@{best['epoch']}")
         if epoch < config.epochs:
-            _save_state(state_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                                     "history": history, "best": best})
+            atomic_torch_save(state_path, {"epoch": epoch, "model": model.state_dict(),
+                                           "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                           "torch_rng": torch.get_rng_state(), "history": history, "best": best})
 
     model.load_state_dict(best["state"])
     test_acc, confusion = _evaluate(model, loaders["test"], len(labels))
