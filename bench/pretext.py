@@ -35,7 +35,7 @@ from bench.errors import ConfigError
 from bench.manifest import Manifest
 from bench.registry import Encoder, _load_all
 
-__all__ = ["CropInfo", "Pretext", "PretextContext", "register_pretext", "pretext_factory", "list_pretexts"]
+__all__ = ["CropInfo", "Pretext", "hidden_parameter_names", "PretextContext", "register_pretext", "pretext_factory", "list_pretexts"]
 
 
 @dataclass
@@ -73,9 +73,32 @@ class Pretext(nn.Module):
                 info: CropInfo | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def self_optimised_parameters(self) -> list[nn.Parameter]:
+        """Parameters this objective updates itself inside forward, with its own optimiser (e.g.
+        GAN discriminators, whose gradient from the loop's loss would help the generator)."""
+        return []
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """Every parameter but the self-optimised ones of this objective and of any objective nested in
+        it, so the loop's optimiser, gradient clipping and parameter count never see those.
+
+        nn.Module collects submodules' parameters directly rather than through their
+        named_parameters, which is why the nested objectives are asked here.
+        """
+        hidden = {id(p) for m in self.modules() if isinstance(m, Pretext) for p in m.self_optimised_parameters()}
+        for name, p in super().named_parameters(prefix=prefix, recurse=recurse, remove_duplicate=remove_duplicate):
+            if id(p) not in hidden:
+                yield name, p
+
     def config(self) -> dict:
         """The objective's settings, recorded in every pretraining checkpoint."""
         return {}
+
+
+def hidden_parameter_names(module: nn.Module) -> list[str]:
+    """Names of the parameters a pretext's named_parameters() hides (its self-optimised ones)."""
+    shown = {name for name, _ in module.named_parameters()}
+    return [name for name, _ in nn.Module.named_parameters(module) if name not in shown]
 
 
 _PRETEXTS: dict[str, Callable[..., Pretext]] = {}

@@ -41,7 +41,7 @@ from bench.audio import load_audio
 from bench.checkpoints import atomic_torch_save
 from bench.errors import ConfigError
 from bench.manifest import Manifest, atomic_write_bytes
-from bench.pretext import CropInfo, PretextContext, pretext_factory
+from bench.pretext import CropInfo, PretextContext, hidden_parameter_names, pretext_factory
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runner import flush_denormals
@@ -220,6 +220,11 @@ class _Distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
+        # DDP gathers parameters submodule by submodule, past a pretext's own named_parameters():
+        # name the ones that pretext hides (self-optimised discriminators) so DDP leaves them alone.
+        hidden = hidden_parameter_names(module)
+        if hidden:
+            module._ddp_params_and_buffers_to_ignore = hidden
         return DistributedDataParallel(module, find_unused_parameters=False)
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:

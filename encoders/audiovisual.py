@@ -27,7 +27,7 @@ from bench.errors import ConfigError
 from bench.pretext import CropInfo, Pretext, PretextContext, register_pretext
 from bench.registry import register_encoder
 from encoders.attributes import AttributePretext, attribute_pretext
-from encoders.resnet1d import STAGE_CHANNELS, ResNet1dEncoder
+from encoders.resnet1d import HOP, STAGE_CHANNELS, ResNet1dEncoder
 from encoders.visual import VisualPretext
 
 
@@ -56,7 +56,7 @@ class AVJoint(_AudiovisualResNet):
 class JointPretext(Pretext):
     """Audio-attribute regression and mouth generation on one pass of the encoder."""
 
-    crop_align = 640
+    crop_align = HOP  # both objectives slice their targets on the 25 Hz grid
 
     def __init__(self, encoder: nn.Module, context: PretextContext, audio_weight: float = 1.0,
                  visual_weight: float = 1.0, audio: dict | None = None, visual: dict | None = None) -> None:
@@ -69,16 +69,6 @@ class JointPretext(Pretext):
         self.audio: AttributePretext = attribute_pretext(encoder, context, **(audio or {}))
         self.visual = VisualPretext(encoder, context, **(visual or {}))
         self.default_lr = self.visual.default_lr
-        if getattr(self.visual, "_ddp_params_and_buffers_to_ignore", None):
-            self._ddp_params_and_buffers_to_ignore = [f"visual.{n}" for n in
-                                                      self.visual._ddp_params_and_buffers_to_ignore]
-
-    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
-        # The visual part hides its discriminators from the loop's optimiser; keep them hidden here.
-        hidden = {id(p) for p in self.visual.discriminator_parameters()}
-        for name, p in super().named_parameters(prefix=prefix, recurse=recurse, remove_duplicate=remove_duplicate):
-            if id(p) not in hidden:
-                yield name, p
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor,
                 info: CropInfo | None = None) -> dict[str, torch.Tensor]:

@@ -41,8 +41,9 @@ The pretraining loop owns one Adam over `pretext.parameters()` and minimises the
 which is the generator's. The discriminators must not be updated by it (their gradient there would
 help the generator), so they live in `self.adversary`, which has its own Adam (lr `d_lr`, betas
 (0.5, 0.999)), and:
-  - `VisualPretext.parameters()` / `named_parameters()` leave the discriminators out, so the loop's
-    Adam, its gradient clipping and the parameter count never see them;
+  - they are the pretext's `self_optimised_parameters()`, which `Pretext.parameters()` /
+    `named_parameters()` leave out, so the loop's Adam, its gradient clipping and the parameter
+    count never see them;
   - the discriminator step happens inside `forward` (training mode with grad enabled only): it
     scores real frames and the detached generated frames, backpropagates its own loss and steps
     its own optimiser, before the generator's adversarial terms are computed;
@@ -51,10 +52,9 @@ help the generator), so they live in `self.adversary`, which has its own Adam (l
     in another module whose parameters() does include them (e.g. a joint objective);
   - the discriminators' weights are in `state_dict()` and their optimiser's state is the
     adversary's extra state, so the loop's checkpoints resume it exactly;
-  - under torchrun, DistributedDataParallel is told to ignore them (`_ddp_params_and_buffers_to_ignore`)
-    and the discriminator step averages their gradients over ranks itself, so all ranks keep the
-    same discriminators. (An objective that wraps this one must extend its own ignore list with
-    these names under its prefix.)
+  - under torchrun, the loop tells DistributedDataParallel to ignore them (every parameter that
+    `named_parameters()` hides), and the discriminator step averages their gradients over ranks
+    itself, so all ranks keep the same discriminators.
 
 `snapshot(out_dir, step)` (called by the loop at each checkpoint) and `generation_l1(...)` measure
 generation on held-out clips (whole clips of the valid split, else test, else train; evenly spaced
@@ -380,22 +380,10 @@ class VisualPretext(Pretext):
         self.generator = SpeechDrivenGenerator(encoder.dim, self.size, channels, self.id_dim, self.audio_dim,
                                                self.noise_dim)
         self.adversary = Adversary(self.size, channels, self.d_lr) if self.adversarial else None
-        if self.adversary is not None:
-            # DistributedDataParallel walks the submodules itself: tell it the discriminators are not its
-            # business (their gradients are averaged over ranks inside Adversary.step instead).
-            self._ddp_params_and_buffers_to_ignore = [f"adversary.{n}" for n, _ in
-                                                      self.adversary.named_parameters()]
 
-    # The loop's optimiser, gradient clipping and parameter count must not see the discriminators.
-    def named_parameters(self, prefix: str = "", recurse: bool = True,
-                         remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]:
-        adversary = self._modules.get("adversary")
-        skip = set() if adversary is None else {id(p) for p in adversary.parameters()}
-        for name, p in super().named_parameters(prefix=prefix, recurse=recurse, remove_duplicate=remove_duplicate):
-            if id(p) not in skip:
-                yield name, p
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
+    # Pretext.named_parameters hides these from the loop's optimiser, gradient clipping, parameter
+    # count and (through the loop's DDP wrapper) DistributedDataParallel.
+    def self_optimised_parameters(self) -> list[nn.Parameter]:
         return [] if self.adversary is None else list(self.adversary.parameters())
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor,
@@ -446,7 +434,7 @@ class VisualPretext(Pretext):
                 "adversarial": self.adversarial, "frame_adv_weight": self.frame_adv_weight,
                 "seq_adv_weight": self.seq_adv_weight, "d_lr": self.d_lr, "crop_align": self.crop_align,
                 "generator_params": gen_params,
-                "discriminator_params": sum(p.numel() for p in self.discriminator_parameters()),
+                "discriminator_params": sum(p.numel() for p in self.self_optimised_parameters()),
                 "frames": self.mouths.describe()}
 
     def held_out_split(self) -> str:

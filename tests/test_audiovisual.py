@@ -55,3 +55,16 @@ def test_joint_weights_are_checked(tiny_corpus, tmp_path):
                             encoder_kwargs=SMALL_RESNET, pretext_kwargs={"audio_weight": 0, "visual_weight": 0})
     with pytest.raises(ConfigError, match="not both 0"):
         pretrain(config, tmp_path / "bad", progress=False)
+
+
+def test_the_joint_objective_hides_the_nested_discriminators_from_the_loop_and_ddp(tiny_corpus):
+    from bench.pretext import PretextContext, hidden_parameter_names, pretext_factory
+
+    enc = create_encoder("av-joint", **SMALL_RESNET)
+    joint = pretext_factory("av-joint")(enc, PretextContext(manifest=tiny_corpus.manifest),
+                                        visual={**SMALL_VISUAL, "adversarial": True}, audio={"hidden": 16})
+    discriminators = {id(p) for p in joint.visual.adversary.parameters()}
+    assert discriminators and not discriminators & {id(p) for p in joint.parameters()}
+    hidden = hidden_parameter_names(joint)
+    assert hidden and all(name.startswith("visual.adversary.") for name in hidden)
+    assert len(hidden) == len(discriminators)
