@@ -17,7 +17,8 @@ identity encoder channels 32-64-128-128 down to 4x4 plus a 128-d identity vector
 projected linearly to 128 (no recurrent layer on the audio side: the temporal modelling of speech
 is the encoder's job, not the head's); 10-d noise through a 10-unit GRU (Vougioukas' sizes); the
 decoder mirrors the identity encoder and ends with a 3x3 convolution that also sees the still
-itself, then a sigmoid. With these defaults and a 512-d encoder the generator has 2,186,334
+itself; its output is added to the still's logit, then a sigmoid (the generator edits the still,
+starting from an exact copy: see FrameDecoder). With these defaults and a 512-d encoder the generator has 2,186,334
 parameters and costs about 77 M multiply-adds per generated frame (the two discriminators, when
 enabled, add 1,218,242 parameters), small enough for CPU runs; `channels=(8, 16, 16)` and the like
 give test-sized models.
@@ -96,6 +97,7 @@ DEFAULT_CHANNELS = (32, 64, 128)
 FRAME_ADV_WEIGHT = 1.0 / 600.0
 SEQ_ADV_WEIGHT = 0.2 / 600.0
 LEVELS = 4  # the identity encoder halves the frame 4 times: 64 -> 4
+STILL_EPS = 1e-3  # keeps the still's logit finite at pure black and white pixels
 
 
 def masked_l1(generated: torch.Tensor, real: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -176,12 +178,19 @@ class FrameDecoder(nn.Module):
         # Each step sees the decoder's map concatenated with the identity map of the same size.
         self.ups = nn.ModuleList([_up(c3 + c3, c3), _up(c3 + c3, c2), _up(c2 + c2, c1), _up(c1 + c1, c1)])
         self.out = nn.Conv2d(c1 + 1, 1, 3, padding=1)
+        # The frame is the still edited in logit space, and the edit starts at zero: an untrained
+        # generator reproduces the still exactly. Most of a mouth crop never moves, so an absolute
+        # decoder spends its first thousands of steps relearning the static pixels (its L1 starts
+        # near 0.12, the still's is under 0.01) before the audio can matter at all.
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor], still: torch.Tensor) -> torch.Tensor:
         x = self.start(z[:, :, None, None])
         for up, skip in zip(self.ups, reversed(skips)):
             x = up(torch.cat([x, skip], dim=1))
-        return torch.sigmoid(self.out(torch.cat([x, still], dim=1)))
+        still01 = ((still + 1.0) * 0.5).clamp(STILL_EPS, 1.0 - STILL_EPS)
+        return torch.sigmoid(torch.logit(still01) + self.out(torch.cat([x, still], dim=1)))
 
 
 class SpeechDrivenGenerator(nn.Module):

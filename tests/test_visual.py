@@ -214,6 +214,15 @@ def test_generator_output_shape_range_and_noise():
         other = gen(still, audio, valid, generator=torch.Generator().manual_seed(2))
     assert out.shape == (2, 5, 64, 64)
     assert out[valid].min() > 0.0 and out[valid].max() < 1.0 and torch.count_nonzero(out[~valid]) == 0
+    # Untrained, the generator copies the still: its edit of the still starts at zero.
+    copies = still.clamp(1e-3, 1 - 1e-3).unsqueeze(1).expand(-1, 5, -1, -1)
+    assert torch.allclose(out[valid], copies[valid], atol=1e-5)
+    with torch.no_grad():
+        torch.nn.init.normal_(gen.decoder.out.weight, std=0.1)
+        out = gen(still, audio, valid, generator=torch.Generator().manual_seed(1))
+        again = gen(still, audio, valid, generator=torch.Generator().manual_seed(1))
+        other = gen(still, audio, valid, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(out[valid], copies[valid], atol=1e-3)
     assert torch.equal(out, again) and not torch.equal(out, other)  # the temporal noise is used
     # The documented default size: 2,186,334 parameters with a 512-d encoder.
     assert count_parameters(SpeechDrivenGenerator(512)) == 2_186_334
@@ -233,19 +242,21 @@ def test_l1_counts_valid_frames_only():
 
 
 def test_the_pretext_loss_falls_on_a_fixed_batch(tiny_corpus):
-    # 32x32 frames and 2 crops keep the 30 steps to a few seconds on one CPU thread.
+    # 32x32 frames and 2 crops keep the 60 steps to a few seconds on one CPU thread. The untrained
+    # generator copies the still, so the first loss is the identity baseline's; learning the mouth's
+    # motion must take the loss clearly below it (measured: 0.0067 -> 0.0048 in 60 steps).
     pretext = _pretext(tiny_corpus.manifest, size=32)
     wav, lengths, info = _batch(tiny_corpus.manifest, batch_size=2)
-    optimizer = torch.optim.Adam(pretext.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(pretext.parameters(), lr=1e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(60):
         out = pretext(wav, lengths, info=info)
         assert set(out) == {"loss", "loss_l1"}
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
         losses.append(float(out["loss"].detach()))
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.85 * losses[0], losses
     # The encoder is what is being trained: it got gradients.
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pretext.encoder.parameters())
 
