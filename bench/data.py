@@ -14,23 +14,28 @@ from bench.audio import load_audio
 from bench.manifest import Manifest
 
 
-def label_subset(train: pd.DataFrame, fraction: float, subset_seed: int = 0) -> pd.DataFrame:
+def label_subset(train: pd.DataFrame, fraction: float = 1.0, subset_seed: int = 0,
+                 k_shot: int | None = None, label_column: str = "label") -> pd.DataFrame:
     """Class-balanced, nested subset of the training rows.
 
     Within each class the clips are put in one fixed random order (seeded by `subset_seed` and the
-    class name, not by the run seed), and a fraction f keeps the first ceil(f * n_class) of them.
-    So every 5% subset lies inside the 10% subset, and every run seed sees the same labelled clips.
+    class name, not by the run seed), and a fraction f keeps the first ceil(f * n_class) of them;
+    `k_shot` keeps the first k of every class instead. So every 5% subset lies inside the 10%
+    subset, a 1-shot subset inside the 5-shot one, and every run seed sees the same labelled clips.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
+    if k_shot is not None and k_shot < 1:
+        raise ValueError(f"k_shot must be a positive number of clips per class, got {k_shot}")
+    if fraction == 1.0 and k_shot is None:
         return train
     keep = []
-    for label, group in sorted(train.groupby("label"), key=lambda kv: kv[0]):
+    for label, group in sorted(train.groupby(label_column), key=lambda kv: str(kv[0])):
         ids = np.sort(group["clip_id"].to_numpy())
         seed = int.from_bytes(hashlib.sha256(f"{subset_seed}:{label}".encode()).digest()[:8], "little")
         order = np.random.default_rng(seed).permutation(len(ids))
-        keep.extend(ids[order[: max(1, math.ceil(fraction * len(ids)))]])
+        count = k_shot if k_shot is not None else max(1, math.ceil(fraction * len(ids)))
+        keep.extend(ids[order[:count]])
     return train[train["clip_id"].isin(set(keep))]
 
 

@@ -31,8 +31,10 @@ log = logging.getLogger("avbench.manifest")
 MANIFEST_NAME = "manifest.csv"
 META_NAME = "manifest.json"
 
-# Columns read as strings even when they look numeric (speaker ids like "0042", word "one").
-_STRING_COLUMNS = ("clip_id", "audio_path", "label", "speaker", "split", "video_path", "mouth_track", "emotion")
+# Columns read as strings even when they look numeric (speaker ids like "0042", word "one", emotion
+# codes like RAVDESS's "01").
+_STRING_COLUMNS = ("clip_id", "audio_path", "label", "speaker", "split", "video_path", "mouth_track", "emotion",
+                   "emotion_code")
 
 
 class ManifestError(ValueError):

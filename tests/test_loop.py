@@ -199,9 +199,11 @@ def test_tables_are_a_pure_byte_identical_function_of_the_records(tiny_corpus, t
     second = [p.read_bytes() for p in write_tables(records, tmp_path / "b")]
     assert first == second
     markdown = first[0].decode()
-    assert "| mfcc39 | frozen |" in markdown and "100% labels" in markdown and "50% labels" in markdown
-    assert re.search(r"\| mfcc39 \| frozen \| \d+\.\d\d ± \d+\.\d\d \(2\) \| \d+\.\d\d ± 0\.00 \(1\) \|", markdown)
-    assert "1 epochs, Adam, lr 0.001" in markdown
+    assert "| hand-crafted | mfcc39 | frozen |" in markdown and "| 100% | 50% |" in markdown
+    # The only row is best in both columns (bold); the 50% cell has 1 of the table's 2 seeds (dagger).
+    assert re.search(r"\| mfcc39 \| frozen \| \*\*\d+\.\d\d ± \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] \(2\)\*\* \| "
+                     r"\*\*\d+\.\d\d ± n/a \[\d+\.\d\d, \d+\.\d\d\] \(1\)†\*\* \|", markdown)
+    assert "Budget: 1 epoch; Adam, lr 0.001" in markdown
 
 
 def test_tables_never_mix_records_from_two_builds_of_the_same_task(tmp_path):
@@ -218,8 +220,8 @@ def test_tables_never_mix_records_from_two_builds_of_the_same_task(tmp_path):
     (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
     markdown = write_tables(tmp_path / "runs.jsonl", tmp_path)[0].read_text()
     assert markdown.count("## embedded:default") == 2
-    assert "| mfcc39 | frozen | 80.00 ± 0.00 (1) |" in markdown
-    assert "| mfcc39 | frozen | 90.00 ± 0.00 (1) |" in markdown
+    assert "| mfcc39 | frozen | **80.00 ± n/a [n/a] (1)** |" in markdown
+    assert "| mfcc39 | frozen | **90.00 ± n/a [n/a] (1)** |" in markdown
 
 
 def test_cli_list_shows_dims_and_rates(capsys):
@@ -256,24 +258,24 @@ def test_a_killed_run_resumes_from_its_last_epoch_with_identical_results(tiny_co
     config = _config(tiny_corpus, epochs=3, seed=11)
     reference = run_experiment(config, tmp_path / "reference.jsonl", progress=False)
 
-    real_evaluate, calls = runner._evaluate, {"n": 0}
+    real_predict, calls = runner._predict, {"n": 0}
 
     def dies_in_epoch_three(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:  # validation of epoch 3: epochs 1-2 are checkpointed
             raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
+        return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "_evaluate", dies_in_epoch_three)
+    monkeypatch.setattr(runner, "_predict", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "resumed.jsonl", progress=False)
     assert read_records(tmp_path / "resumed.jsonl") == []
-    monkeypatch.setattr(runner, "_evaluate", real_evaluate)
+    monkeypatch.setattr(runner, "_predict", real_predict)
     resumed = run_experiment(config, tmp_path / "resumed.jsonl", progress=False)
     assert resumed["resumed_from_epoch"] == 3 and reference["resumed_from_epoch"] is None
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
     assert strip(resumed["history"]) == strip(reference["history"])
-    for key in ("test_acc", "val_acc", "best_epoch", "confusion", "config_hash"):
+    for key in ("test_acc", "val_acc", "best_epoch", "confusion", "config_hash", "test_predictions"):
         assert resumed[key] == reference[key]
     assert not runner._state_path(resumed["config_hash"]).exists(), "a finished run leaves no checkpoint"
 
@@ -294,3 +296,42 @@ def test_a_checkpoint_counts_by_content_not_path(tiny_corpus, tmp_path):
                            progress=False)
     assert again.get("skipped") and again["config_hash"] == first["config_hash"]
     assert first["encoder"] == f"apc@{first['checkpoint_hash'][:8]}"  # tables show no local path
+
+
+def test_records_carry_per_clip_predictions_k_shot_subsets_and_a_step_budget(tiny_corpus, tmp_path):
+    from bench.runner import clip_order_hash
+
+    records = tmp_path / "runs.jsonl"
+    full = run_experiment(_config(tiny_corpus, epochs=1), records, progress=False)
+    test = tiny_corpus.manifest.split("test")
+    labels = full["labels"]
+    assert full["test_targets"] == [labels.index(x) for x in test["label"]]
+    assert len(full["test_predictions"]) == len(test)
+    assert full["test_clip_ids_hash"] == clip_order_hash(test["clip_id"].tolist())
+    hits = sum(t == p for t, p in zip(full["test_targets"], full["test_predictions"]))
+    assert full["metrics"]["accuracy"] == full["test_acc"] == round(hits / len(test), 6)
+    assert full["budget"] == {"unit": "epochs", "value": 1} and full["task_type"] == "words"
+
+    one_shot = run_experiment(_config(tiny_corpus, epochs=1, k_shot=1), records, progress=False)
+    assert one_shot["train_clips"] == len(labels) and one_shot["k_shot"] == 1
+    assert one_shot["config_hash"] != full["config_hash"]
+
+    # 7 optimizer steps over 2 rounds (3 + 4), whatever the size of the labelled subset.
+    steps = run_experiment(_config(tiny_corpus, epochs=2, k_shot=1, budget_steps=7), records, progress=False)
+    assert [h["steps"] for h in steps["history"]] == [3, 4]
+    assert steps["budget"] == {"unit": "steps", "value": 7}
+    with pytest.raises(ConfigError, match="budget_steps"):
+        _config(tiny_corpus, epochs=5, budget_steps=2).validated()
+    with pytest.raises(ConfigError, match="k_shot"):
+        _config(tiny_corpus, k_shot=2, label_fraction=0.5).validated()
+
+
+def test_settings_added_later_keep_the_hashes_of_earlier_records():
+    # The committed reference records were hashed before task_type, k_shot, budget_steps,
+    # eval_tasks and label_map existed; at their defaults these must not change any hash.
+    from bench.runner import config_hash
+
+    config = RunConfig(encoder="mfcc39", task="embedded:default", epochs=5, lr=1e-3, lr_drop_epoch=4,
+                       lr_after_drop=1e-4)
+    assert config_hash(config, "39340193f535afe8", None) == "ed682ec8ba995d9f"
+    assert config_hash(RunConfig(**{**config.__dict__, "k_shot": 1}), "39340193f535afe8", None) != "ed682ec8ba995d9f"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from bench.audio import AudioError, check_waveform, load_audio
 
@@ -57,3 +61,66 @@ def probe_audio(path: Path, bad: BadAudioLog, *, waveform: np.ndarray | None = N
         bad.handle(path, exc)
         return None
     return int(wav.shape[-1]), int(sample_rate or 16_000)
+
+
+# Below this many files a process pool costs more to start than it saves.
+POOL_MIN_FILES = 2000
+
+
+class _CollectErrors(BadAudioLog):
+    """Runs probe_audio's checks in a worker process and hands the error back unlogged.
+
+    The real policy (raise, or log and count) is applied once, in the parent, in file order, so
+    that serial and parallel runs behave identically.
+    """
+
+    def handle(self, path: Path, error: AudioError) -> None:
+        self.skipped.append({"path": str(path), "error": str(error)})
+
+
+def _probe_worker(path: str) -> tuple[int, int] | str:
+    """(num_samples, sample_rate) of a good file, or the AudioError message of a bad one."""
+    collector = _CollectErrors()
+    result = probe_audio(Path(path), collector)
+    return result if result is not None else collector.skipped[0]["error"]
+
+
+def probe_files(paths: Sequence[Path], bad: BadAudioLog, *, workers: int | None = None,
+                progress: bool = True, desc: str = "probing") -> list[tuple[int, int] | None]:
+    """probe_audio over many files: (num_samples, sample_rate) per file, None where `bad` skipped it.
+
+    `workers` processes read the audio (default: one for small trees, else up to 8 cores).
+    """
+    if workers is None:
+        workers = 1 if len(paths) < POOL_MIN_FILES else min(os.cpu_count() or 1, 8)
+    names = [str(p) for p in paths]
+    out: list[tuple[int, int] | None] = []
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    try:
+        results = (pool.imap(_probe_worker, names, chunksize=64) if pool is not None
+                   else map(_probe_worker, names))
+        for path, result in tqdm(zip(paths, results), total=len(names), desc=desc, unit="file",
+                                 disable=not progress):
+            if isinstance(result, str):
+                bad.handle(Path(path), AudioError(result))
+                out.append(None)
+            else:
+                out.append(result)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return out
+
+
+def speaker_folds(speakers: Sequence[str], num_folds: int) -> dict[str, int]:
+    """Speaker-disjoint folds 1..num_folds for corpora that define none: speakers in sorted order
+    are dealt round-robin, so fold sizes differ by at most one speaker and the assignment depends
+    only on the set of speakers."""
+    ordered = sorted(set(speakers))
+    if not 3 <= num_folds <= len(ordered):
+        raise CorpusLayoutError(
+            f"cannot make {num_folds} speaker-disjoint folds from {len(ordered)} speaker(s): train, "
+            "valid and test each need a fold, and each fold a speaker. Use between 3 and "
+            f"{len(ordered)} folds.")
+    return {speaker: 1 + i % num_folds for i, speaker in enumerate(ordered)}

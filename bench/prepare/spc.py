@@ -17,17 +17,14 @@ them up would make results incomparable.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
-from bench.audio import AudioError
 from bench.manifest import write_manifest
 from bench.paths import prepared_dir
-from bench.prepare.common import BadAudioLog, CorpusLayoutError, probe_audio
+from bench.prepare.common import BadAudioLog, CorpusLayoutError, probe_files
 
 log = logging.getLogger("avbench.prepare.spc")
 
@@ -41,9 +38,6 @@ NOISE_FOLDER = "_background_noise_"
 VALIDATION_LIST = "validation_list.txt"
 TESTING_LIST = "testing_list.txt"
 SPEAKER_SEPARATOR = "_nohash_"
-
-# Below this many files a process pool costs more to start than it saves.
-_POOL_MIN_FILES = 2000
 
 
 def _fix_hint() -> str:
@@ -89,24 +83,6 @@ def _read_list(root: Path, name: str) -> list[str]:
         if line:
             entries.append(line[2:] if line.startswith("./") else line)
     return entries
-
-
-class _CollectErrors(BadAudioLog):
-    """Runs probe_audio's checks in a worker process and hands the error back unlogged.
-
-    The real policy (raise, or log and count) is applied once, in the parent, in file order, so
-    that serial and parallel runs behave identically.
-    """
-
-    def handle(self, path: Path, error: AudioError) -> None:
-        self.skipped.append({"path": str(path), "error": str(error)})
-
-
-def _probe_worker(path: str) -> tuple[int, int] | str:
-    """(num_samples, sample_rate) of a good file, or the AudioError message of a bad one."""
-    collector = _CollectErrors()
-    result = probe_audio(Path(path), collector)
-    return result if result is not None else collector.skipped[0]["error"]
 
 
 def _scan(root: Path, words: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -196,34 +172,22 @@ def prepare_spc(root: str | Path, out_dir: str | Path | None = None, *, on_bad_a
             "the word folders.")
 
     bad = BadAudioLog(on_bad_audio)
-    paths = [str(path) for _, path in clips]
-    if workers is None:
-        workers = 1 if len(paths) < _POOL_MIN_FILES else min(os.cpu_count() or 1, 8)
+    probed = probe_files([path for _, path in clips], bad, workers=workers, progress=progress,
+                         desc=f"probing {name}")
     rows = []
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
-    try:
-        results = (pool.imap(_probe_worker, paths, chunksize=64) if pool is not None
-                   else map(_probe_worker, paths))
-        bar = tqdm(zip(clips, rel_paths, results), total=len(clips), desc=f"probing {name}",
-                   unit="file", disable=not progress)
-        for (word, path), rel, result in bar:
-            if isinstance(result, str):
-                bad.handle(path, AudioError(result))
-                continue
-            num_samples, sample_rate = result
-            rows.append({
-                "clip_id": f"{word}/{path.stem}",
-                "audio_path": str(path),
-                "label": word,
-                "speaker": path.stem.split(SPEAKER_SEPARATOR, 1)[0],
-                "split": split_of.get(rel, "train"),
-                "num_samples": num_samples,
-                "sample_rate": sample_rate,
-            })
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    for (word, path), rel, result in zip(clips, rel_paths, probed):
+        if result is None:
+            continue
+        num_samples, sample_rate = result
+        rows.append({
+            "clip_id": f"{word}/{path.stem}",
+            "audio_path": str(path),
+            "label": word,
+            "speaker": path.stem.split(SPEAKER_SEPARATOR, 1)[0],
+            "split": split_of.get(rel, "train"),
+            "num_samples": num_samples,
+            "sample_rate": sample_rate,
+        })
     log.info("%s: %s", name, bad.report())
 
     noise_dir = root / NOISE_FOLDER
