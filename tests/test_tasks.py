@@ -1,0 +1,43 @@
+"""Task specs: subsets of a manifest by column conditions, for cross-dataset train/eval tasks."""
+
+import pytest
+
+from bench.errors import ConfigError
+from bench.tasks import resolve_task, split_subset
+
+
+def test_split_subset_reads_conditions():
+    assert split_subset("embedded:small") == ("embedded:small", [])
+    assert split_subset("x[accent=en,en-us; snr_db>=20]") == ("x", [("accent", "=", "en,en-us"),
+                                                                     ("snr_db", ">=", "20")])
+    with pytest.raises(ConfigError, match="cannot read the condition"):
+        split_subset("x[accent~en]")
+    with pytest.raises(ConfigError, match="empty condition"):
+        split_subset("x[ ]")
+
+
+def test_a_subset_is_a_derived_manifest_with_the_base_splits(tiny_corpus):
+    base = tiny_corpus.manifest
+    accents = sorted(base.table["accent"].unique())
+    spec = f"{base.path}[accent={accents[0]}]"
+    subset = resolve_task(spec)
+    expected = base.table[base.table["accent"] == accents[0]]
+    assert sorted(subset.table["clip_id"]) == sorted(expected["clip_id"])
+    assert dict(zip(subset.table["clip_id"], subset.table["split"])) == dict(zip(expected["clip_id"], expected["split"]))
+    assert subset.manifest_id != base.manifest_id and subset.meta["derived_from"]["manifest_id"] == base.manifest_id
+    assert all(subset.resolve(p).is_file() for p in subset.table["audio_path"])
+    assert resolve_task(spec).manifest_id == subset.manifest_id  # written once, read again
+    complement = resolve_task(f"{base.path}[accent!={accents[0]}]")
+    assert len(complement.table) + len(subset.table) == len(base.table)
+    loud = resolve_task(f"{base.path}[snr_db>=20]")
+    assert (loud.table["snr_db"] >= 20).all() and len(loud.table) == int((base.table["snr_db"] >= 20).sum())
+
+
+def test_bad_subsets_name_the_column_and_the_fix(tiny_corpus):
+    path = tiny_corpus.manifest.path
+    with pytest.raises(ConfigError, match="no column 'nope'"):
+        resolve_task(f"{path}[nope=1]")
+    with pytest.raises(ConfigError, match="numeric"):
+        resolve_task(f"{path}[accent<3]")
+    with pytest.raises(ConfigError, match="no clip meets"):
+        resolve_task(f"{path}[accent=klingon]")
