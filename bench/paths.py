@@ -23,3 +23,15 @@ def prepared_dir(name: str) -> Path:
 def corpora_dir() -> Path:
     """Folder holding built embedded corpora, one subfolder per corpus id."""
     return data_dir() / "corpora"
+
+
+def expand_path(text: str) -> str:
+    """`$AVBENCH_DATA/x` (or `${AVBENCH_DATA}`) -> data_dir()/x, then other variables and `~`.
+
+    Sweep configs name pretrained checkpoints under the data directory this way, so one config
+    works on every machine whatever its data directory (set or default).
+    """
+    for token in ("${AVBENCH_DATA}", "$AVBENCH_DATA"):
+        if text.startswith(token):
+            text = str(data_dir()) + text[len(token):]
+    return os.path.expanduser(os.path.expandvars(text))

@@ -191,9 +191,13 @@ def encoder_entry(name: str) -> EncoderEntry:
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
-    """'apc@ckpt/x.pt' -> ('apc', 'ckpt/x.pt'); 'mfcc39' -> ('mfcc39', None)."""
+    """'apc@ckpt/x.pt' -> ('apc', 'ckpt/x.pt'); 'mfcc39' -> ('mfcc39', None).
+
+    The checkpoint path may start with $AVBENCH_DATA (bench.paths.expand_path)."""
+    from bench.paths import expand_path
+
     name, _, ckpt = spec.partition("@")
-    return name, (ckpt or None)
+    return name, (expand_path(ckpt) if ckpt else None)
 
 
 def create_encoder(spec: str, checkpoint: str | Path | None = None, **kwargs) -> Encoder:

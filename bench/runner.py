@@ -34,6 +34,7 @@ from bench.data import CachedFeatureDataset, WaveformDataset, label_subset, pad_
 from bench.downstream import POOLINGS, BiGRUClassifier
 from bench.errors import ConfigError
 from bench.manifest import file_sha256
+from bench.paths import expand_path
 from bench.records import append_record, completed, git_commit, read_records
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.tasks import resolve_task
@@ -334,7 +335,7 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
     started = time.time()
     manifest = resolve_task(config.task, progress=progress)
     encoder_name, at_checkpoint = split_spec(config.encoder)
-    checkpoint = config.checkpoint or at_checkpoint
+    checkpoint = expand_path(config.checkpoint) if config.checkpoint else at_checkpoint
     ckpt_hash = file_hash(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     if checkpoint and ckpt_hash is None:
         raise ConfigError(f"{checkpoint}: checkpoint not found (encoder {config.encoder!r}).")

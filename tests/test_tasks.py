@@ -41,3 +41,13 @@ def test_bad_subsets_name_the_column_and_the_fix(tiny_corpus):
         resolve_task(f"{path}[accent<3]")
     with pytest.raises(ConfigError, match="no clip meets"):
         resolve_task(f"{path}[accent=klingon]")
+
+
+def test_checkpoint_paths_may_start_with_the_data_directory(monkeypatch, tmp_path):
+    from bench.registry import split_spec
+
+    monkeypatch.setenv("AVBENCH_DATA", str(tmp_path))
+    assert split_spec("av-joint@$AVBENCH_DATA/pretrained/x/encoder.pt") == (
+        "av-joint", str(tmp_path / "pretrained" / "x" / "encoder.pt"))
+    assert split_spec("apc@${AVBENCH_DATA}/a.pt")[1] == str(tmp_path / "a.pt")
+    assert split_spec("apc@rel/a.pt") == ("apc", "rel/a.pt") and split_spec("mfcc39") == ("mfcc39", None)
