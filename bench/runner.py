@@ -537,4 +537,6 @@ def _cross_evaluate(config: RunConfig, eval_task: str, model: nn.Module, encoder
             "manifest_id": manifest.manifest_id, "metrics": metrics, "test_acc": metrics["accuracy"],
             "confusion": confusion.tolist(), "test_clip_ids_hash": clip_order_hash(test["clip_id"].tolist()),
             "test_targets": targets.tolist(), "test_predictions": preds.tolist(),
+            "per_class_test_acc": {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+                                   for label, i in label_index.items()},
             "eval_dropped_labels": {str(k): int(v) for k, v in dropped.items()}}
