@@ -472,7 +472,8 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
         "threads": torch.get_num_threads(),
         "flush_denormal": denormals_flushed,
     }
-    for eval_task in config.eval_tasks:
+    # The training task's own test is the main record; a sweep lists every task of its matrix here.
+    for eval_task in (t for t in config.eval_tasks if t != config.task):
         cross = _cross_evaluate(config, eval_task, models[0], encoder, label_index, cache, counters, loader, progress)
         append_record(records_path, {**record, **cross, "config_hash": hashlib.sha256(
             f"{chash}:{cross['manifest_id']}".encode()).hexdigest()[:16], "eval_of": chash,
