@@ -16,6 +16,7 @@ from encoders.resnet1d import STAGE_CHANNELS, ResNet1dEncoder
 class ResNet18Scratch(ResNet1dEncoder):
     name = "resnet18-scratch"
     needs_pretraining = False
+    default_mode = "scratch"  # what a sweep that names no modes evaluates it in (bench.sweep.default_mode)
 
     def __init__(self, stage_channels: tuple[int, ...] = STAGE_CHANNELS) -> None:
         super().__init__(stage_channels)

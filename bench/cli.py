@@ -73,6 +73,20 @@ def _cmd_prepare_lrw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare_speech(args: argparse.Namespace) -> int:
+    """voxceleb1, cremad, ravdess, iemocap: the same flow, different preparer and options."""
+    import importlib
+
+    from bench.manifest import read_manifest, summarize
+
+    module = importlib.import_module(f"bench.prepare.{args.corpus}")
+    options = {k: getattr(args, k) for k in ("folds", "trials") if getattr(args, k, None) is not None}
+    path = getattr(module, f"prepare_{args.corpus}")(args.path, out_dir=args.out, on_bad_audio=args.on_bad_audio,
+                                                     progress=not args.quiet, **options)
+    print(summarize(read_manifest(path)))
+    return 0
+
+
 def _cmd_manifest_show(args: argparse.Namespace) -> int:
     from bench.manifest import read_manifest, summarize
 
@@ -164,34 +178,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = {"encoder": args.encoder, "task": args.task, "mode": args.mode, "seed": args.seed,
                 "label_fraction": args.label_fraction, "checkpoint": args.checkpoint,
                 "encoder_kwargs": _key_values(args.encoder_arg, "--encoder-arg")}
-    for key in ("epochs", "lr", "lr_drop_epoch", "lr_after_drop", "encoder_lr", "batch_size", "pooling"):
+    for key in ("epochs", "lr", "lr_drop_epoch", "lr_after_drop", "encoder_lr", "batch_size", "pooling",
+                "task_type", "k_shot", "budget_steps", "label_map"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    if args.eval_task:
+        settings["eval_tasks"] = args.eval_task
     record = run_experiment(RunConfig.from_dict(settings), args.records, force=args.force, progress=not args.quiet)
     what = "already recorded" if record.get("skipped") else "recorded"
-    print(f"{record['encoder']} on {record['task']} ({record['mode']}, {record['label_fraction']:g} labels, "
-          f"seed {record['seed']}): test accuracy {100 * record['test_acc']:.2f}% at best val epoch "
-          f"{record['best_epoch']} (val {100 * record['val_acc']:.2f}%); {what} in {args.records} "
-          f"as {record['config_hash']}")
+    labels = f"{record['k_shot']}-shot" if record.get("k_shot") else f"{record['label_fraction']:g} labels"
+    metrics = ", ".join(f"{name} {100 * value:.2f}%" for name, value in (record.get("metrics") or
+                                                                          {"accuracy": record["test_acc"]}).items())
+    print(f"{record['encoder']} on {record['task']} ({record.get('task_type', 'words')}, {record['mode']}, {labels}, "
+          f"seed {record['seed']}): test {metrics} at best val epoch {record['best_epoch']} "
+          f"(val accuracy {100 * record['val_acc']:.2f}%); {what} in {args.records} as {record['config_hash']}")
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.records import completed, read_records
-    from bench.runner import config_hash
-    from bench.sweep import load_sweep, run_sweep
+    from bench.executors import LocalExecutor, RayExecutor
+    from bench.sweep import dry_run_report, load_sweep, run_sweep
     from bench.tables import write_tables
 
     sweep = load_sweep(args.config)
     if args.records is not None:
         sweep.records = args.records
     if args.dry_run:
-        print(f"sweep {sweep.name}: {len(sweep.runs)} run(s); records {sweep.records}")
-        for c in sweep.runs:
-            print(f"  {c.encoder:<16} {c.task:<20} {c.mode:<8} labels {c.label_fraction:<5g} seed {c.seed} "
-                  f"epochs {c.epochs}")
+        print(dry_run_report(sweep))
         return 0
-    summary = run_sweep(sweep, force=args.force, progress=not args.quiet)
+    if args.executor == "ray":
+        executor = RayExecutor(args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    else:
+        executor = LocalExecutor(workers=args.workers, runs_per_device=args.runs_per_device)
+    summary = run_sweep(sweep, force=args.force, progress=not args.quiet, executor=executor, plugins=args.plugin)
     if sweep.tables is not None:
         for path in write_tables(sweep.records, sweep.tables):
             print(f"wrote {path}")
@@ -268,6 +294,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fixed mouth crop x,y,w,h in pixels of the 256x256 frames")
     _add_bad_audio(lrw)
     lrw.set_defaults(func=_cmd_prepare_lrw)
+    for corpus, help_text, path_help in (
+            ("voxceleb1", "VoxCeleb1 (wav/idNNNNN/VIDEO/NNNNN.wav, iden_split.txt, veri_test2.txt)",
+             "the folder holding wav/ and iden_split.txt"),
+            ("cremad", "CREMA-D (AudioWAV/1001_DFA_ANG_XX.wav)", "the folder holding AudioWAV/"),
+            ("ravdess", "RAVDESS speech (Actor_NN/03-01-EE-II-SS-RR-NN.wav)", "the folder holding Actor_NN/"),
+            ("iemocap", "IEMOCAP, 4 classes (SessionN/sentences/wav, SessionN/dialog/EmoEvaluation)",
+             "the IEMOCAP_full_release folder")):
+        speech = prep_sub.add_parser(corpus, help=help_text)
+        speech.add_argument("path", type=Path, help=path_help)
+        speech.add_argument("--out", type=Path, default=None,
+                            help=f"manifest folder (default $AVBENCH_DATA/prepared/{corpus.replace('cremad', 'crema-d')})")
+        if corpus in ("cremad", "ravdess"):
+            speech.add_argument("--folds", type=int, default=5, help="speaker-disjoint folds (default 5)")
+        if corpus == "voxceleb1":
+            speech.add_argument("--trials", type=Path, default=None,
+                                help="verification trial list (default PATH/veri_test2.txt when present)")
+        _add_bad_audio(speech)
+        speech.set_defaults(func=_cmd_prepare_speech)
 
     manifest = sub.add_parser("manifest", help="inspect a manifest")
     man_sub = manifest.add_subparsers(dest="manifest_command", required=True)
@@ -291,7 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--encoder-lr", dest="encoder_lr", type=float, help="finetune/scratch (default: --lr)")
     run.add_argument("--batch-size", dest="batch_size", type=int, help="default 32")
     run.add_argument("--pooling", choices=("last", "mean"), help="default last")
+    run.add_argument("--task-type", dest="task_type",
+                     choices=("words", "speaker-id", "speaker-verification", "emotion"), help="default words")
     run.add_argument("--label-fraction", dest="label_fraction", type=float, default=1.0)
+    run.add_argument("--k-shot", dest="k_shot", type=int, help="K labelled clips per class instead of a fraction")
+    run.add_argument("--budget-steps", dest="budget_steps", type=int,
+                     help="train for exactly N optimizer steps (spread over --epochs rounds) instead of epochs")
+    run.add_argument("--eval-task", dest="eval_task", action="append", metavar="TASK",
+                     help="also test the trained model on this task (same label space; repeatable)")
+    run.add_argument("--label-map", dest="label_map", help="emotion: map labels to a shared space (e.g. emotion)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--checkpoint", default=None, help="encoder checkpoint (same as NAME@PATH)")
     run.add_argument("--encoder-arg", dest="encoder_arg", action="append", metavar="KEY=VALUE",
@@ -330,7 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", type=Path)
     sweep.add_argument("--records", type=Path, default=None, help="override the config's records path")
     sweep.add_argument("--force", action="store_true", help="re-run recorded configs")
-    sweep.add_argument("--dry-run", action="store_true", help="print the grid and exit")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="count recorded, failed and remaining runs, estimate the cost, and exit")
+    sweep.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local worker processes (default) or Ray tasks (pip install 'avbench[ray]')")
+    sweep.add_argument("--workers", type=_positive_int, default=None,
+                       help="local: concurrent runs (default: --runs-per-device per device, else one per core)")
+    sweep.add_argument("--runs-per-device", dest="runs_per_device", type=_positive_int, default=None,
+                       help="local: concurrent runs per GPU, or on the machine without GPUs")
+    sweep.add_argument("--ray-address", dest="ray_address", default=None,
+                       help="ray: cluster address (default: start a local Ray instance)")
+    sweep.add_argument("--cpus-per-run", dest="cpus_per_run", type=float, default=1.0, help="ray: default 1")
+    sweep.add_argument("--gpus-per-run", dest="gpus_per_run", type=float, default=0.0, help="ray: default 0")
     sweep.set_defaults(func=_cmd_sweep)
 
     tables = sub.add_parser("tables", help="regenerate result tables from the run records (no torch work)")

@@ -176,3 +176,13 @@ def test_hand_edited_csv_gets_counts_from_the_csv_not_the_stale_sidecar(tmp_path
     assert manifest.meta["num_clips"] == 5 == len(manifest.table)
     assert sum(manifest.meta["counts"].values()) == 5
     assert "describes a different version" in caplog.text
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    import os
+
+    from bench.manifest import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.txt", b"x")
+    (tmp_path / "b.txt").write_bytes(b"x")
+    assert os.stat(tmp_path / "a.txt").st_mode == os.stat(tmp_path / "b.txt").st_mode

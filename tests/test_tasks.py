@@ -51,3 +51,20 @@ def test_checkpoint_paths_may_start_with_the_data_directory(monkeypatch, tmp_pat
         "av-joint", str(tmp_path / "pretrained" / "x" / "encoder.pt"))
     assert split_spec("apc@${AVBENCH_DATA}/a.pt")[1] == str(tmp_path / "a.pt")
     assert split_spec("apc@rel/a.pt") == ("apc", "rel/a.pt") and split_spec("mfcc39") == ("mfcc39", None)
+
+
+def test_the_cli_runs_a_verification_task_and_prints_its_metrics(tiny_corpus, tmp_path, capsys):
+    import json
+
+    from bench.cli import main
+
+    records = tmp_path / "runs.jsonl"
+    code = main(["-q", "run", "--encoder", "mfcc39", "--task", str(tiny_corpus.path), "--task-type",
+                 "speaker-verification", "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--pooling", "mean",
+                 "--records", str(records)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "speaker-verification" in out and "eer" in out and "min_dcf" in out
+    record = json.loads(records.read_text().splitlines()[-1])
+    assert record["task_type"] == "speaker-verification" and record["label_column"] == "speaker"
+    assert 0.0 <= record["metrics"]["eer"] <= 1.0 and len(record["trial_scores"]) == len(record["trial_labels"]) > 0

@@ -1,0 +1,306 @@
+"""Sweeps: the grid a config expands to, the dry-run plan and cost, and the local executor (shared
+feature cache built once, a dead worker recorded, a SIGKILLed sweep resumed to the same records)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.errors import ConfigError
+from bench.executors import LocalExecutor, record_failure, usable_cores
+from bench.paths import data_dir
+from bench.records import read_records
+from bench.registry import _REGISTRY
+from bench.runner import run_experiment
+from bench.sweep import (PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, cost_table, default_seconds_per_clip_epoch,
+                         load_sweep, plan_runs, run_sweep, sidecar_path)
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = "{epochs: 2, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}"
+
+# Fields that legitimately differ between two executions of the same run:
+TIMING_AND_HOST = (
+    "wall_seconds",        # timing
+    "git_commit",          # other work may dirty the checkout between the two sweeps
+    "resumed_from_epoch",  # the interrupted run resumed, by design; the reference did not
+    "threads",             # a property of the worker (cores // workers, Ray's num_cpus), not of the run
+    "counters",            # cache hits and misses: which run built the shared features depends on timing
+)
+
+
+def comparable(record: dict) -> dict:
+    """A record without what depends on when, where and in which order it ran."""
+    out = {k: v for k, v in record.items() if k not in TIMING_AND_HOST}
+    out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in record["history"]]  # timing
+    return out
+
+
+def by_hash(path: Path) -> dict[str, dict]:
+    return {r["config_hash"]: comparable(r) for r in read_records(path) if r["status"] == "ok"}
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def test_grid_shorthands_defaults_and_k_shots(tmp_path):
+    config = write_config(tmp_path / "paper.yaml", f"""
+tasks: [embedded:small]
+encoders: paper
+label_fractions: paper
+k_shots: [1, 5]
+seeds: 3
+budget: "steps:60"
+train: {TRAIN}
+pretraining: {{apc: {{data: embedded:default, steps: 1000}}}}
+""")
+    sweep = load_sweep(config)
+    points = len(PAPER_LABEL_FRACTIONS) + 2
+    assert len(sweep.runs) == len(PAPER_ENCODERS) * points * 3
+    assert {r.seed for r in sweep.runs} == {0, 1, 2} and {r.budget_steps for r in sweep.runs} == {60}
+    assert sweep.budget == {"unit": "steps", "value": 60} and sweep.pretraining["apc"]["steps"] == 1000
+    # With no modes named, each encoder gets its own default: resnet18-scratch trains from scratch.
+    assert {r.mode for r in sweep.runs if r.encoder == "resnet18-scratch"} == {"scratch"}
+    assert {r.mode for r in sweep.runs if r.encoder != "resnet18-scratch"} == {"frozen"}
+    shots = [r for r in sweep.runs if r.k_shot is not None]
+    assert {r.k_shot for r in shots} == {1, 5} and {r.label_fraction for r in shots} == {1.0}
+    # Named modes apply to every encoder, and k-shot points alone replace the default 100%.
+    config.write_text(f"tasks: [x]\nencoders: [mfcc39, resnet18-scratch]\nmodes: [frozen]\nk_shots: [2]\n"
+                      f"task_types: [words, speaker-id]\ntrain: {TRAIN}\n")
+    sweep = load_sweep(config)
+    assert [(r.encoder, r.mode, r.task_type, r.k_shot) for r in sweep.runs] == [
+        ("mfcc39", "frozen", "words", 2), ("resnet18-scratch", "frozen", "words", 2),
+        ("mfcc39", "frozen", "speaker-id", 2), ("resnet18-scratch", "frozen", "speaker-id", 2)]
+    config.write_text("train_task: a\neval_tasks: [b, c]\nencoders: [mfcc39]\n")
+    (run,) = load_sweep(config).runs
+    assert run.task == "a" and tuple(run.eval_tasks) == ("b", "c")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("tasks: [x]\nencoders: [mfcc39]\nseed: [0]\n", r"bad.yaml: unknown key\(s\) \['seed'\]"),
+    ("tasks: [x]\n", r"bad.yaml: 'encoders' must list at least one entry \(or be `paper`\)"),
+    ("tasks: [x]\nencoders: [mfcc39]\ntrain: {seed: 3}\n", r"train.seed is set by the sweep key 'seeds'"),
+    ("tasks: [x]\nencoders: [mfcc39]\nbudget: steps\n", r"budget must be 'epochs' or 'steps:N'"),
+    ("tasks: [x]\nencoders: [mfcc39]\nk_shots: [0]\n", r"'k_shots' must list positive integers"),
+    ("tasks: [x]\nencoders: [mfcc39]\nlabel_fractions: most\n", r"'label_fractions' must be a non-empty list or"),
+    ("tasks: [x]\nencoders: [mfcc39]\npretraining: {apc: {steps: 1}}\n", r"'pretraining' describes \['apc'\]"),
+    ("tasks: [x]\nencoders: [mfcc39]\ntask_types: [word]\n", r"task_types \['word'\] unknown"),
+    ("train_task: x\nencoders: [mfcc39]\n", r"'train_task' and 'eval_tasks' together"),
+    ("tasks: [x]\nencoders: [mfcc39]\nbudget: 'steps:3'\ntrain: {epochs: 5}\n", r"budget_steps \(3\) must be at least"),
+])
+def test_bad_sweep_configs_name_the_file_and_key(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(write_config(tmp_path / "bad.yaml", body))
+
+
+def test_dry_run_counts_and_costs_without_building_anything(tiny_corpus, tmp_path, capsys):
+    records = tmp_path / "runs.jsonl"
+    config = write_config(tmp_path / "sweep.yaml", f"""
+name: costed
+tasks: ["{tiny_corpus.path}"]
+encoders: [mfcc39, logmel, logmel-l1, resnet18-scratch]
+seeds: [0, 1, 2]
+train: {TRAIN}
+records: {records}
+""")
+    sweep = load_sweep(config)
+    done = run_experiment(sweep.runs[0], records, progress=False)          # mfcc39 seed 0
+    record_failure(records, asdict(sweep.runs[1]), "RuntimeError: boom")  # mfcc39 seed 1
+    cache_entries = sorted((data_dir() / "cache").rglob("meta.json"))
+    rows, problems = cost_table(sweep)
+    assert problems == {} and sorted((data_dir() / "cache").rglob("meta.json")) == cache_entries
+    assert len(read_records(records)) == 2, "a dry run writes no record"
+    assert {k: rows["mfcc39"][k] for k in ("runs", "recorded", "failed", "remaining")} == \
+        {"runs": 3, "recorded": 1, "failed": 1, "remaining": 2}
+    # The remaining 100 Hz frozen runs (mfcc39 and logmel alike) are costed from the recorded run.
+    per_clip = sorted(h["seconds"] / done["train_clips"] for h in done["history"])
+    measured = sum(per_clip) / 2  # the median of two epochs
+    assert rows["mfcc39"]["seconds"] == pytest.approx(2 * 2 * done["train_clips"] * measured)
+    assert rows["logmel"]["seconds"] == pytest.approx(3 * 2 * done["train_clips"] * measured)
+    assert rows["logmel"]["sources"] == {"measured 100 Hz frozen"}
+    # No 25 Hz record: the documented default, and for a trained encoder only a lower bound.
+    assert rows["logmel-l1"]["seconds"] == pytest.approx(3 * 2 * 36 * 15 / 2880)
+    assert rows["resnet18-scratch"]["sources"] == {"default 25 Hz, scratch: a lower bound"}
+    assert default_seconds_per_clip_epoch(100) == pytest.approx(45 / 2880)
+
+    assert main(["-q", "sweep", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 run(s) in the grid (2 epochs each)" in out
+    assert "recorded 1, failed before 1 (retried), remaining 11" in out
+    assert not sidecar_path(records).exists(), "a dry run writes no sidecar either"
+
+
+def _plugin(tmp_path: Path, name: str, body: str) -> Path:
+    """A plugin module registering encoder `name`, a fixed random projection of 10 ms frames."""
+    path = tmp_path / f"{name.replace('-', '_')}.py"
+    path.write_text(f"""
+import os, signal, time
+import torch
+from bench.registry import Encoder, register_encoder
+
+@register_encoder("{name}")
+class Frames(Encoder):
+    frame_rate, dim, trainable = 100.0, 8, False
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(160, 8)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.zeros_(self.proj.bias)
+{body}
+
+    def frames(self, wav, lengths):
+        n = int(self.output_lengths(lengths).max())
+        wav = torch.nn.functional.pad(wav, (0, n * 160 - wav.shape[1]))
+        return self.proj(wav.reshape(len(wav), n, 160)), self.output_lengths(lengths)
+""")
+    return path
+
+
+def test_concurrent_workers_build_the_shared_features_once(tiny_corpus, tmp_path):
+    events = tmp_path / "events.log"
+    plugin = _plugin(tmp_path, "slow-frames-test", f"""
+        self.log("init")
+
+    def log(self, what):
+        with open({str(events)!r}, "a") as fh:
+            fh.write(f"{{what}} {{os.getpid()}} {{time.time()}}\\n")
+
+    def forward(self, wav, lengths):
+        # Hold the build until the other run has built its encoder (its next step is to ask the
+        # cache), however late its worker started: the contention is certain, not a timing bet.
+        deadline = time.time() + 60
+        while open({str(events)!r}).read().count("init") < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        self.log("forward")
+        return self.frames(wav, lengths)""")
+    records = tmp_path / "runs.jsonl"
+    config = write_config(tmp_path / "sweep.yaml", f"""
+name: shared-cache
+tasks: ["{tiny_corpus.path}"]
+encoders: [slow-frames-test]
+seeds: [0, 1]
+train: {TRAIN}
+records: {records}
+pretraining: {{slow-frames-test: none}}
+""")
+    try:
+        assert main(["-q", "--plugin", str(plugin), "sweep", str(config), "--workers", "2"]) == 0
+    finally:
+        _REGISTRY.pop("slow-frames-test", None)
+    lines = [line.split() for line in events.read_text().splitlines()]
+    inits = {pid: float(t) for what, pid, t in lines if what == "init"}
+    forwards = [(pid, float(t)) for what, pid, t in lines if what == "forward"]
+    builders = {pid for pid, _ in forwards}
+    # The parent registers the plugin too but never builds an encoder: both inits are workers'.
+    assert len(inits) == 2 and len(builders) == 1 and builders <= set(inits)
+    waiter = (set(inits) - builders).pop()
+    assert inits[waiter] < forwards[-1][1], "the second run must ask while the first is still building"
+    runs = read_records(records)
+    assert [r["status"] for r in runs] == ["ok", "ok"]
+    assert sum(r["counters"]["cache_misses"] for r in runs) == 1
+    assert sum(r["counters"]["cache_hits"] for r in runs) == 1
+    assert sum(r["counters"]["encoder_forward_clips"] for r in runs) == len(tiny_corpus.manifest.table)
+    # The sidecar names the sweep's runs by the hashes the runner gave them.
+    entry = json.loads(sidecar_path(records).read_text())["shared-cache"]
+    assert entry["config_hashes"] == sorted(r["config_hash"] for r in runs)
+    assert entry["pretraining"] == {"slow-frames-test": "none"} and entry["budget"] == {"unit": "epochs", "value": 2}
+
+
+def test_a_dead_worker_is_recorded_and_replaced(tiny_corpus, tmp_path, capsys):
+    plugin = _plugin(tmp_path, "sudden-death-test", """
+    def forward(self, wav, lengths):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would""")
+    records = tmp_path / "runs.jsonl"
+    config = write_config(tmp_path / "sweep.yaml", f"""
+tasks: ["{tiny_corpus.path}"]
+encoders: [sudden-death-test, mfcc39]
+train: {TRAIN}
+records: {records}
+""")
+    try:
+        assert main(["-q", "--plugin", str(plugin), "sweep", str(config), "--workers", "1"]) == 1
+    finally:
+        _REGISTRY.pop("sudden-death-test", None)
+    assert "FAILED [1/2] sudden-death-test" in capsys.readouterr().err
+    failed, ok = sorted(read_records(records), key=lambda r: r["status"])
+    assert failed["status"] == "failed" and failed["encoder"] == "sudden-death-test"
+    assert failed["error"] == "worker process killed by SIGKILL (out of memory?)"
+    assert ok["status"] == "ok" and ok["encoder"] == "mfcc39", "the replacement worker ran the next run"
+
+
+def test_local_executor_concurrency_and_threads():
+    assert (LocalExecutor(cores=8, gpus=[]).workers, LocalExecutor(cores=8, gpus=[]).threads) == (8, 1)
+    cpu = LocalExecutor(runs_per_device=2, cores=8, gpus=[])
+    assert (cpu.workers, cpu.threads) == (2, 4)
+    gpu = LocalExecutor(runs_per_device=3, cores=12, gpus=["0", "1"])
+    assert (gpu.workers, gpu.threads) == (6, 2)
+    assert [gpu._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "1", "0", "1"]
+    assert LocalExecutor(workers=3, runs_per_device=5, cores=2, gpus=[]).threads == 1
+
+
+def test_sigkilled_sweep_resumes_to_the_records_of_an_uninterrupted_one(tiny_corpus, tmp_path):
+    config = write_config(tmp_path / "sweep.yaml", f"""
+tasks: ["{tiny_corpus.path}"]
+encoders: [mfcc39]
+label_fractions: [1.0, 0.5]
+seeds: [0, 1]
+train: {{epochs: 4, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}}
+""")
+
+    def sweep(records: Path) -> dict:  # in this process, one run after another
+        loaded = load_sweep(config)
+        loaded.records = records
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the workers below: the same arithmetic, the same numbers
+        try:
+            return run_sweep(loaded, progress=False)
+        finally:
+            torch.set_num_threads(threads)
+
+    # The reference first: run state is kept per config hash, and it must not resume the other's.
+    reference = tmp_path / "reference.jsonl"
+    assert sweep(reference)["ran"] == 4
+    interrupted = tmp_path / "interrupted.jsonl"
+    victim = subprocess.Popen([sys.executable, "-m", "bench", "-q", "sweep", str(config), "--records", str(interrupted),
+                               "--workers", str(usable_cores())], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    states = [data_dir() / "runs" / run.config_hash / "state.pt" for run in plan_runs(load_sweep(config))]
+    deadline = time.monotonic() + 120
+    # Kill once a run is recorded and another has finished an epoch: both paths are exercised.
+    while not (interrupted.exists() and read_records(interrupted) and any(p.exists() for p in states)):
+        assert victim.poll() is None, f"the sweep ended before it could be killed: {victim.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGKILL)  # the sweep and its workers, mid-run
+    victim.wait()
+    kept = len(read_records(interrupted))
+    in_flight = [p for p in states if p.exists()]
+    assert 1 <= kept < 4
+    summary = sweep(interrupted)
+    assert (summary["ran"], summary["skipped"], summary["failed"]) == (4 - kept, kept, [])
+    records = read_records(interrupted)
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records), "each run recorded exactly once"
+    assert by_hash(interrupted) == by_hash(reference)
+    if in_flight:  # a run killed after a finished epoch continued from it (all but always the case)
+        assert any(r["resumed_from_epoch"] for r in records)
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
+    from bench.executors import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the extra is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'avbench\[ray\]'"):
+        RayExecutor()
