@@ -82,6 +82,7 @@ class Sweep:
     deviations: list = field(default_factory=list)
     pretraining: dict = field(default_factory=dict)
     budget: dict = field(default_factory=dict)  # {"unit": "epochs"|"steps", "value": int}
+    not_applicable: list = field(default_factory=list)  # "encoder in mode": grid points that cannot run
 
 
 @dataclass
@@ -184,10 +185,16 @@ def load_sweep(path: str | Path) -> Sweep:
     if stray:
         raise ConfigError(f"{path}: 'pretraining' describes {stray}, not in encoders {[str(e) for e in encoders]}.")
 
-    runs = []
+    runs, not_applicable = [], []
     for task, task_type, encoder in itertools.product(tasks, task_types, encoders):
-        for mode, (fraction, k), seed in itertools.product(modes or [default_mode(str(encoder), train)],
-                                                           label_points, seeds):
+        encoder_modes = modes or [default_mode(str(encoder), train)]
+        # A grid that names modes for all encoders (the paper's: finetune and frozen) meets encoders
+        # with nothing to train (mfcc39, logmel): those points are left out and listed, not failed.
+        if any(m != "frozen" for m in encoder_modes) and not _has_parameters(str(encoder), train):
+            dropped = [m for m in encoder_modes if m != "frozen"]
+            not_applicable += [f"{encoder} in mode {m}" for m in dropped]
+            encoder_modes = [m for m in encoder_modes if m == "frozen"]
+        for mode, (fraction, k), seed in itertools.product(encoder_modes, label_points, seeds):
             try:
                 runs.append(RunConfig.from_dict({
                     **train, "task": str(task), "task_type": str(task_type), "encoder": str(encoder), "mode": mode,
@@ -200,7 +207,17 @@ def load_sweep(path: str | Path) -> Sweep:
                  tables=Path(spec["tables"]) if spec.get("tables") else None,
                  description=str(spec.get("description") or "").strip(),
                  deviations=list(spec.get("deviations_from_paper") or []), pretraining=pretraining,
-                 budget=runs[0].budget())
+                 budget=runs[0].budget(), not_applicable=sorted(set(not_applicable)))
+
+
+def _has_parameters(encoder: str, train: dict) -> bool:
+    """Whether the encoder has weights to train (an unknown encoder counts as yes: its runs fail, recorded)."""
+    from bench.registry import count_parameters
+
+    try:
+        return count_parameters(create_encoder(split_spec(encoder)[0], **(train.get("encoder_kwargs") or {}))) > 0
+    except Exception:  # noqa: BLE001 - any failure to build it is reported by its runs
+        return True
 
 
 def run_label(config: RunConfig) -> str:
@@ -269,6 +286,8 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
 
     plan = plan_runs(sweep, progress=progress)
     write_sidecar(sweep, plan)
+    if sweep.not_applicable:
+        log.info("not applicable, left out of the grid: %s", ", ".join(sweep.not_applicable))
     done = {} if force else completed(read_records(sweep.records))
     summary: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": []}
     jobs = []
@@ -388,6 +407,8 @@ def dry_run_report(sweep: Sweep) -> str:
              f"each); records {sweep.records}",
              f"  recorded {total['recorded']}, failed before {total['failed']} (retried), "
              f"remaining {total['remaining']}",
+             *([f"  not applicable, left out of the grid: {', '.join(sweep.not_applicable)}"]
+               if sweep.not_applicable else []),
              "", f"  {'encoder':<22} {'runs':>5} {'recorded':>9} {'failed':>7} {'remaining':>10} {'est. hours':>11}"
                  "  seconds per clip-epoch from"]
     for encoder, r in rows.items():

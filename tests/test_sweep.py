@@ -304,3 +304,16 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the extra is not installed
     with pytest.raises(ConfigError, match=r"pip install 'avbench\[ray\]'"):
         RayExecutor()
+
+
+def test_modes_that_an_encoder_cannot_train_in_are_listed_not_failed(tmp_path):
+    from bench.sweep import dry_run_report, load_sweep
+
+    config = tmp_path / "paperlike.yaml"
+    config.write_text("name: p\ntasks: [embedded:small]\nencoders: [mfcc39, resnet18-scratch]\n"
+                      "modes: [finetune, frozen]\nseeds: [0]\n")
+    sweep = load_sweep(config)
+    assert sorted((c.encoder, c.mode) for c in sweep.runs) == [
+        ("mfcc39", "frozen"), ("resnet18-scratch", "finetune"), ("resnet18-scratch", "frozen")]
+    assert sweep.not_applicable == ["mfcc39 in mode finetune"]
+    assert "not applicable, left out of the grid: mfcc39 in mode finetune" in dry_run_report(sweep)
