@@ -132,6 +132,23 @@ def config_hash(config: RunConfig, manifest_id: str, checkpoint_hash: str | None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def run_identity(config: RunConfig, manifest_id: str, hashes: dict | None = None) -> tuple[str | None, str | None, str]:
+    """(checkpoint path, checkpoint content hash, config hash) of a run: what skipping keys on.
+
+    `hashes` memoises checkpoint hashes across calls (a sweep plans many runs of one checkpoint).
+    """
+    checkpoint = expand_path(config.checkpoint) if config.checkpoint else split_spec(config.encoder)[1]
+    ckpt_hash = None
+    if checkpoint:
+        hashes = {} if hashes is None else hashes
+        if checkpoint not in hashes:
+            hashes[checkpoint] = file_hash(checkpoint) if Path(checkpoint).is_file() else None
+        ckpt_hash = hashes[checkpoint]
+        if ckpt_hash is None:
+            raise ConfigError(f"{checkpoint}: checkpoint not found (encoder {config.encoder!r}).")
+    return checkpoint, ckpt_hash, config_hash(config, manifest_id, ckpt_hash)
+
+
 def flush_denormals() -> bool:
     """Treat denormal floats as zero on CPU.
 
@@ -334,12 +351,8 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
     denormals_flushed = flush_denormals()
     started = time.time()
     manifest = resolve_task(config.task, progress=progress)
-    encoder_name, at_checkpoint = split_spec(config.encoder)
-    checkpoint = expand_path(config.checkpoint) if config.checkpoint else at_checkpoint
-    ckpt_hash = file_hash(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
-    if checkpoint and ckpt_hash is None:
-        raise ConfigError(f"{checkpoint}: checkpoint not found (encoder {config.encoder!r}).")
-    chash = config_hash(config, manifest.manifest_id, ckpt_hash)
+    encoder_name = split_spec(config.encoder)[0]
+    checkpoint, ckpt_hash, chash = run_identity(config, manifest.manifest_id)
     if not force:
         done = completed(read_records(records_path)).get(chash)
         if done is not None:

@@ -42,7 +42,7 @@ import yaml
 from bench.errors import ConfigError
 from bench.manifest import atomic_write_bytes
 from bench.records import DEFAULT_RECORDS, completed, read_records
-from bench.runner import RunConfig, config_hash, file_hash
+from bench.runner import RunConfig, run_identity
 from bench.task_types import TASK_TYPES
 from bench.registry import create_encoder, encoder_entry, split_spec
 
@@ -239,13 +239,7 @@ def plan_runs(sweep: Sweep, progress: bool = False) -> list[PlannedRun]:
             if config.task not in manifests:
                 manifests[config.task] = resolve_task(config.task, progress=progress)
             manifest = manifests[config.task]
-            # As run_experiment does: a checkpoint counts by its content.
-            checkpoint = config.checkpoint or split_spec(config.encoder)[1]
-            if checkpoint and checkpoint not in checkpoints:
-                checkpoints[checkpoint] = file_hash(checkpoint) if Path(checkpoint).is_file() else None
-                if checkpoints[checkpoint] is None:
-                    raise ConfigError(f"{checkpoint}: checkpoint not found (encoder {config.encoder!r}).")
-            chash = config_hash(config, manifest.manifest_id, checkpoints.get(checkpoint) if checkpoint else None)
+            chash = run_identity(config, manifest.manifest_id, checkpoints)[2]
             plan.append(PlannedRun(config, run_label(config), chash, manifest=manifest))
         except Exception as exc:  # the run itself will fail with this error and be recorded
             plan.append(PlannedRun(config, run_label(config), None, problem=f"{type(exc).__name__}: {exc}"))
