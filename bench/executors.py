@@ -110,8 +110,26 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _worker_main(conn, env: dict[str, str], plugins: list[str], log_level: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when the sweep process dies (Linux).
+
+    A sweep killed by a signal runs no clean-up, and a worker left behind would go on training
+    and append records beside those of the sweep that is re-run. Elsewhere, the pipe to the
+    parent breaks and the worker stops after its current run.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
+
+
+def _worker_main(conn, env: dict[str, str], plugins: list[str], log_level: int, parent: int) -> None:
     """A local worker: set threads before torch loads, then run jobs until the sweep closes the pipe."""
+    _die_with_parent(parent)
     os.environ.update(env)
     import torch
 
@@ -173,7 +191,8 @@ class LocalExecutor:
 
         def start(slot_id: int) -> dict:
             parent, child = ctx.Pipe()
-            process = ctx.Process(target=_worker_main, args=(child, self._env(slot_id), list(plugins), log_level),
+            process = ctx.Process(target=_worker_main,
+                                  args=(child, self._env(slot_id), list(plugins), log_level, os.getpid()),
                                   name=f"avbench-worker-{slot_id}", daemon=True)
             process.start()
             child.close()

@@ -13,7 +13,9 @@ Modes:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import logging
@@ -195,6 +197,23 @@ def _state_path(chash: str, fold: int | None = None) -> Path:
     return data_dir() / "runs" / chash / ("state.pt" if fold is None else f"state-fold{fold}.pt")
 
 
+@contextlib.contextmanager
+def _exclusive_run(chash: str):
+    """Hold an exclusive flock on the run's lock file (data dir runs/<hash>.lock) while it runs."""
+    path = _state_path(chash).parent.with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("run %s is running in another process; waiting for it", chash)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """(targets, predictions) as class indices, in the loader's (fixed) order."""
     model.eval()
@@ -306,7 +325,8 @@ def _fit(config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, 
                         "seconds": round(time.time() - epoch_start, 2)})
         if val_acc > best["val_acc"]:
             best = {"epoch": epoch, "val_acc": val_acc, "state": copy.deepcopy(model.state_dict())}
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val=f"{val_acc:.3f}", best=f"{best['val_acc']:.3f}@{best['epoch']}")
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val=f"{val_acc:.3f}",
+                        best=f"{best['val_acc']:.3f}@{best['epoch']}")
         if epoch < config.epochs:
             atomic_torch_save(state_path, {"epoch": epoch, "model": model.state_dict(),
                                            "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
@@ -359,148 +379,155 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
             log.info("skipping %s on %s (%s): already recorded as %s", config.encoder, config.task, config.mode, chash)
             return {**done, "skipped": True}
 
-    view = build_task_view(manifest, config.task_type, label_map=config.label_map)
-    labels = list(view.labels)
-    label_index = {label: i for i, label in enumerate(labels)}
-    folds = view.folds or [view.splits]
-    for fold in folds:
-        for name in ("train", "valid", "test"):
-            if fold[name].empty:
-                raise ConfigError(f"{manifest.path}: the {name} split of the {config.task_type} task is empty; a "
-                                  "run needs train, valid and test clips.")
+    # One process per run: a second sweep (or a worker left over from a killed one) that reaches
+    # the same run waits here, then finds it recorded instead of training it again.
+    with _exclusive_run(chash):
+        if not force and chash in completed(read_records(records_path)):
+            log.info("skipping %s on %s: recorded by another process meanwhile", config.encoder, config.task)
+            return {**completed(read_records(records_path))[chash], "skipped": True}
+        view = build_task_view(manifest, config.task_type, label_map=config.label_map)
+        labels = list(view.labels)
+        label_index = {label: i for i, label in enumerate(labels)}
+        folds = view.folds or [view.splits]
+        for fold in folds:
+            for name in ("train", "valid", "test"):
+                if fold[name].empty:
+                    raise ConfigError(f"{manifest.path}: the {name} split of the {config.task_type} task is empty; a "
+                                      "run needs train, valid and test clips.")
 
-    def make_encoder():
-        enc = create_encoder(encoder_name, checkpoint=checkpoint if config.mode != "scratch" else None,
-                             **config.encoder_kwargs)
-        if config.mode == "scratch":
-            _reinitialise(enc, config.seed)
-        return enc
+        def make_encoder():
+            enc = create_encoder(encoder_name, checkpoint=checkpoint if config.mode != "scratch" else None,
+                                 **config.encoder_kwargs)
+            if config.mode == "scratch":
+                _reinitialise(enc, config.seed)
+            return enc
 
-    encoder = make_encoder()
-    if config.mode != "frozen" and count_parameters(encoder) == 0:
-        raise ConfigError(f"encoder {encoder_name!r} has no trainable parameters: use --mode frozen")
-    encoder_params = count_parameters(encoder)
-    counters = {"encoder_forward_clips": 0, "cache_hits": 0, "cache_misses": 0}
-    if config.mode == "frozen" and cache is None:
-        from bench.cache import FeatureCache
+        encoder = make_encoder()
+        if config.mode != "frozen" and count_parameters(encoder) == 0:
+            raise ConfigError(f"encoder {encoder_name!r} has no trainable parameters: use --mode frozen")
+        encoder_params = count_parameters(encoder)
+        counters = {"encoder_forward_clips": 0, "cache_hits": 0, "cache_misses": 0}
+        if config.mode == "frozen" and cache is None:
+            from bench.cache import FeatureCache
 
-        cache = FeatureCache()
-    features = _Features(config, encoder, manifest, cache, counters, progress)
+            cache = FeatureCache()
+        features = _Features(config, encoder, manifest, cache, counters, progress)
 
-    def loader(dataset, shuffle=False, generator=None):
-        return DataLoader(dataset, batch_size=config.batch_size if shuffle else max(64, config.batch_size),
-                          shuffle=shuffle, generator=generator, collate_fn=pad_collate)
+        def loader(dataset, shuffle=False, generator=None):
+            return DataLoader(dataset, batch_size=config.batch_size if shuffle else max(64, config.batch_size),
+                              shuffle=shuffle, generator=generator, collate_fn=pad_collate)
 
-    def rows_and_labels(rows):
-        return rows, [label_index[x] for x in rows[view.label_column]]
+        def rows_and_labels(rows):
+            return rows, [label_index[x] for x in rows[view.label_column]]
 
-    fold_results, models = [], []
-    for k, splits in enumerate(folds):
-        train_rows = label_subset(splits["train"], config.label_fraction, k_shot=config.k_shot,
-                                  label_column=view.label_column)
-        if k > 0:
-            encoder = make_encoder()  # every fold starts from the same weights
-        # Seed after the cache: building it draws random numbers (loader workers) that a hit does
-        # not, and the training must not depend on whether the features were cached already.
-        generator = seed_everything(config.seed)
-        head = BiGRUClassifier(encoder.dim, len(labels), config.hidden, config.layers, config.pooling)
-        groups = [{"params": head.parameters(), "lr": config.lr, "base_lr": config.lr}]
-        model: nn.Module = head
-        if config.mode != "frozen":
-            model = _EncoderClassifier(encoder, head)
-            enc_lr = config.encoder_lr or config.lr
-            groups.append({"params": encoder.parameters(), "lr": enc_lr, "base_lr": enc_lr})
-        optimizer = torch.optim.Adam(groups)
-        loaders = {"train": loader(features.dataset(*rows_and_labels(train_rows)), True, generator),
-                   "valid": loader(features.dataset(*rows_and_labels(splits["valid"])))}
-        history, best, resumed_from = _fit(
-            config, model, optimizer, loaders, generator, _state_path(chash, k if len(folds) > 1 else None),
-            force=force, progress=progress, counters=counters, encoder_trains=config.mode != "frozen")
-        targets, preds = _predict(model, loader(features.dataset(*rows_and_labels(splits["test"]))))
-        if config.mode != "frozen":
-            counters["encoder_forward_clips"] += len(targets)
-        fold_results.append({"fold": k, "train_rows": train_rows, "history": history, "best": best,
-                             "resumed_from": resumed_from, "test_ids": splits["test"]["clip_id"].tolist(),
-                             "targets": targets, "preds": preds,
-                             "metrics": classification_metrics(targets, preds, len(labels))})
-        models.append(model)
+        fold_results, models = [], []
+        for k, splits in enumerate(folds):
+            train_rows = label_subset(splits["train"], config.label_fraction, k_shot=config.k_shot,
+                                      label_column=view.label_column)
+            if k > 0:
+                encoder = make_encoder()  # every fold starts from the same weights
+            # Seed after the cache: building it draws random numbers (loader workers) that a hit does
+            # not, and the training must not depend on whether the features were cached already.
+            generator = seed_everything(config.seed)
+            head = BiGRUClassifier(encoder.dim, len(labels), config.hidden, config.layers, config.pooling)
+            groups = [{"params": head.parameters(), "lr": config.lr, "base_lr": config.lr}]
+            model: nn.Module = head
+            if config.mode != "frozen":
+                model = _EncoderClassifier(encoder, head)
+                enc_lr = config.encoder_lr or config.lr
+                groups.append({"params": encoder.parameters(), "lr": enc_lr, "base_lr": enc_lr})
+            optimizer = torch.optim.Adam(groups)
+            loaders = {"train": loader(features.dataset(*rows_and_labels(train_rows)), True, generator),
+                       "valid": loader(features.dataset(*rows_and_labels(splits["valid"])))}
+            history, best, resumed_from = _fit(
+                config, model, optimizer, loaders, generator, _state_path(chash, k if len(folds) > 1 else None),
+                force=force, progress=progress, counters=counters, encoder_trains=config.mode != "frozen")
+            targets, preds = _predict(model, loader(features.dataset(*rows_and_labels(splits["test"]))))
+            if config.mode != "frozen":
+                counters["encoder_forward_clips"] += len(targets)
+            fold_results.append({"fold": k, "train_rows": train_rows, "history": history, "best": best,
+                                 "resumed_from": resumed_from, "test_ids": splits["test"]["clip_id"].tolist(),
+                                 "targets": targets, "preds": preds,
+                                 "metrics": classification_metrics(targets, preds, len(labels))})
+            models.append(model)
 
-    targets = np.concatenate([f["targets"] for f in fold_results])
-    preds = np.concatenate([f["preds"] for f in fold_results])
-    test_ids = [c for f in fold_results for c in f["test_ids"]]
-    confusion = confusion_matrix(targets, preds, len(labels))
-    # Over folds the metrics are averaged, as SUPERB does for IEMOCAP's sessions.
-    metrics = {name: round(float(np.mean([f["metrics"][name] for f in fold_results])), 6)
-               for name in fold_results[0]["metrics"]}
-    extra: dict[str, Any] = {}
-    if config.task_type == "speaker-verification":
-        extra = _verify(models[0], view, features, loader)
-        metrics.update(extra.pop("metrics"))
-    first = fold_results[0]
-    record = {
-        "status": "ok",
-        "config_hash": chash,
-        "config": asdict(config),
-        # Tables show this: the name, and for pretrained weights their content hash, not a local path.
-        "encoder": encoder_name if ckpt_hash is None else f"{encoder_name}@{ckpt_hash[:8]}",
-        "encoder_name": encoder_name,
-        "checkpoint_path": str(checkpoint) if checkpoint else None,
-        "checkpoint_hash": ckpt_hash,
-        "encoder_params": encoder_params,
-        "task": config.task,
-        "task_type": config.task_type,
-        "train_task": config.task,
-        "eval_task": config.task,
-        "task_name": manifest.meta.get("name", manifest.path.parent.name),
-        "manifest_id": manifest.manifest_id,
-        "mode": config.mode,
-        "label_fraction": config.label_fraction,
-        "k_shot": config.k_shot,
-        "budget": config.budget(),
-        "seed": config.seed,
-        "train_clips": int(sum(len(f["train_rows"]) for f in fold_results)),
-        "train_subset_hash": subset_hash([c for f in fold_results for c in f["train_rows"]["clip_id"]]),
-        "labels": labels,
-        "label_column": view.label_column,
-        "history": first["history"] if len(folds) == 1 else [f["history"] for f in fold_results],
-        "best_epoch": first["best"]["epoch"],
-        "val_acc": round(float(np.mean([f["best"]["val_acc"] for f in fold_results])), 6),
-        "test_acc": metrics["accuracy"],
-        "metrics": metrics,
-        "folds": None if len(folds) == 1 else [{"fold": f["fold"], "best_epoch": f["best"]["epoch"],
-                                               "val_acc": round(f["best"]["val_acc"], 6), "metrics": f["metrics"]}
-                                              for f in fold_results],
-        "per_class_test_acc": {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
-                               for i, label in enumerate(labels)},
-        "confusion": confusion.tolist(),
-        "test_clip_ids_hash": clip_order_hash(test_ids),
-        "test_targets": targets.tolist(),
-        "test_predictions": preds.tolist(),
-        **extra,
-        "counters": counters,
-        "resumed_from_epoch": first["resumed_from"],
-        "git_commit": git_commit(),
-        "avbench_version": __version__,
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "flush_denormal": denormals_flushed,
-    }
-    # The training task's own test is the main record; a sweep lists every task of its matrix here.
-    for eval_task in (t for t in config.eval_tasks if t != config.task):
-        cross = _cross_evaluate(config, eval_task, models[0], encoder, label_index, cache, counters, loader, progress)
-        append_record(records_path, {**record, **cross, "config_hash": hashlib.sha256(
-            f"{chash}:{cross['manifest_id']}".encode()).hexdigest()[:16], "eval_of": chash,
-            "wall_seconds": round(time.time() - started, 2)})
-    record["wall_seconds"] = round(time.time() - started, 2)
-    append_record(records_path, record)
-    for k in range(len(folds)):
-        state = _state_path(chash, k if len(folds) > 1 else None)
-        state.unlink(missing_ok=True)
-    try:
-        _state_path(chash).parent.rmdir()
-    except OSError:
-        pass
-    return record
+        targets = np.concatenate([f["targets"] for f in fold_results])
+        preds = np.concatenate([f["preds"] for f in fold_results])
+        test_ids = [c for f in fold_results for c in f["test_ids"]]
+        confusion = confusion_matrix(targets, preds, len(labels))
+        # Over folds the metrics are averaged, as SUPERB does for IEMOCAP's sessions.
+        metrics = {name: round(float(np.mean([f["metrics"][name] for f in fold_results])), 6)
+                   for name in fold_results[0]["metrics"]}
+        extra: dict[str, Any] = {}
+        if config.task_type == "speaker-verification":
+            extra = _verify(models[0], view, features, loader)
+            metrics.update(extra.pop("metrics"))
+        first = fold_results[0]
+        record = {
+            "status": "ok",
+            "config_hash": chash,
+            "config": asdict(config),
+            # Tables show this: the name, and for pretrained weights their content hash, not a local path.
+            "encoder": encoder_name if ckpt_hash is None else f"{encoder_name}@{ckpt_hash[:8]}",
+            "encoder_name": encoder_name,
+            "checkpoint_path": str(checkpoint) if checkpoint else None,
+            "checkpoint_hash": ckpt_hash,
+            "encoder_params": encoder_params,
+            "task": config.task,
+            "task_type": config.task_type,
+            "train_task": config.task,
+            "eval_task": config.task,
+            "task_name": manifest.meta.get("name", manifest.path.parent.name),
+            "manifest_id": manifest.manifest_id,
+            "mode": config.mode,
+            "label_fraction": config.label_fraction,
+            "k_shot": config.k_shot,
+            "budget": config.budget(),
+            "seed": config.seed,
+            "train_clips": int(sum(len(f["train_rows"]) for f in fold_results)),
+            "train_subset_hash": subset_hash([c for f in fold_results for c in f["train_rows"]["clip_id"]]),
+            "labels": labels,
+            "label_column": view.label_column,
+            "history": first["history"] if len(folds) == 1 else [f["history"] for f in fold_results],
+            "best_epoch": first["best"]["epoch"],
+            "val_acc": round(float(np.mean([f["best"]["val_acc"] for f in fold_results])), 6),
+            "test_acc": metrics["accuracy"],
+            "metrics": metrics,
+            "folds": None if len(folds) == 1 else [{"fold": f["fold"], "best_epoch": f["best"]["epoch"],
+                                                   "val_acc": round(f["best"]["val_acc"], 6), "metrics": f["metrics"]}
+                                                  for f in fold_results],
+            "per_class_test_acc": {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+                                   for i, label in enumerate(labels)},
+            "confusion": confusion.tolist(),
+            "test_clip_ids_hash": clip_order_hash(test_ids),
+            "test_targets": targets.tolist(),
+            "test_predictions": preds.tolist(),
+            **extra,
+            "counters": counters,
+            "resumed_from_epoch": first["resumed_from"],
+            "git_commit": git_commit(),
+            "avbench_version": __version__,
+            "torch_version": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "flush_denormal": denormals_flushed,
+        }
+        # The training task's own test is the main record; a sweep lists every task of its matrix here.
+        for eval_task in (t for t in config.eval_tasks if t != config.task):
+            cross = _cross_evaluate(config, eval_task, models[0], encoder, label_index, cache, counters, loader,
+                                    progress)
+            append_record(records_path, {**record, **cross, "config_hash": hashlib.sha256(
+                f"{chash}:{cross['manifest_id']}".encode()).hexdigest()[:16], "eval_of": chash,
+                "wall_seconds": round(time.time() - started, 2)})
+        record["wall_seconds"] = round(time.time() - started, 2)
+        append_record(records_path, record)
+        for k in range(len(folds)):
+            state = _state_path(chash, k if len(folds) > 1 else None)
+            state.unlink(missing_ok=True)
+        try:
+            _state_path(chash).parent.rmdir()
+        except OSError:
+            pass
+        return record
 
 
 def _verify(model: nn.Module, view, features: _Features, loader) -> dict[str, Any]:

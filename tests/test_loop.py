@@ -335,3 +335,22 @@ def test_settings_added_later_keep_the_hashes_of_earlier_records():
                        lr_after_drop=1e-4)
     assert config_hash(config, "39340193f535afe8", None) == "ed682ec8ba995d9f"
     assert config_hash(RunConfig(**{**config.__dict__, "k_shot": 1}), "39340193f535afe8", None) != "ed682ec8ba995d9f"
+
+
+def test_a_run_already_running_elsewhere_is_waited_for_not_trained_twice(tiny_corpus, tmp_path):
+    import threading
+
+    import bench.runner as runner
+
+    config = _config(tiny_corpus, epochs=1, seed=21)
+    finished_elsewhere = run_experiment(config, tmp_path / "elsewhere.jsonl", progress=False)
+    records, outcome = tmp_path / "runs.jsonl", {}
+    with runner._exclusive_run(finished_elsewhere["config_hash"]):  # another process is running it
+        waiter = threading.Thread(target=lambda: outcome.update(run_experiment(config, records, progress=False)))
+        waiter.start()
+        waiter.join(timeout=3.0)
+        assert waiter.is_alive() and read_records(records) == []  # it waits instead of training
+        append_record(records, finished_elsewhere)  # ... until the other process records the run
+    waiter.join(timeout=60)
+    assert outcome["skipped"] and outcome["config_hash"] == finished_elsewhere["config_hash"]
+    assert len(read_records(records)) == 1

@@ -284,8 +284,25 @@ train: {{epochs: 4, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}}
         assert victim.poll() is None, f"the sweep ended before it could be killed: {victim.stderr.read()}"
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    os.killpg(victim.pid, signal.SIGKILL)  # the sweep and its workers, mid-run
+    workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(victim.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+    assert workers, "the sweep runs its runs in worker processes"
+    os.kill(victim.pid, signal.SIGKILL)  # the sweep process only, mid-run: no clean-up of any kind
     victim.wait()
+    # Its workers must not live on: left alone they would finish their runs and append records
+    # beside the re-run's. The kernel kills them with their parent (bench.executors._die_with_parent).
+    deadline = time.monotonic() + 20
+    def alive(pid: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except FileNotFoundError:
+            return False
+
+    while any(alive(pid) for pid in workers):
+        if time.monotonic() > deadline:
+            os.killpg(victim.pid, signal.SIGKILL)
+            raise AssertionError(f"worker(s) {workers} outlived the killed sweep")
+        time.sleep(0.05)
     kept = len(read_records(interrupted))
     in_flight = [p for p in states if p.exists()]
     assert 1 <= kept < 4
@@ -317,3 +334,49 @@ def test_modes_that_an_encoder_cannot_train_in_are_listed_not_failed(tmp_path):
         ("mfcc39", "frozen"), ("resnet18-scratch", "finetune"), ("resnet18-scratch", "frozen")]
     assert sweep.not_applicable == ["mfcc39 in mode finetune"]
     assert "not applicable, left out of the grid: mfcc39 in mode finetune" in dry_run_report(sweep)
+
+
+_ORPHAN_PARENT = """
+import multiprocessing, os, sys, time
+from pathlib import Path
+from bench.executors import _die_with_parent
+
+def busy_worker(pid_file):  # a worker in the middle of a long run
+    _die_with_parent(os.getppid())
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=busy_worker, args=(sys.argv[1],))
+    child.start()
+    time.sleep(120)
+"""
+
+
+def test_a_worker_dies_with_its_sweep_process(tmp_path):
+    # A worker in the middle of a long run must not outlive a sweep killed with SIGKILL.
+    script, pid_file = tmp_path / "parent.py", tmp_path / "worker.pid"
+    script.write_text(_ORPHAN_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{worker}").exists() and "zombie" not in _status(worker):
+            assert time.monotonic() < deadline, "the worker outlived its killed parent"
+            time.sleep(0.05)
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return "zombie"
