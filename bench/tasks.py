@@ -81,7 +81,12 @@ def _subset(manifest: Manifest, base: str, conditions: list[tuple[str, str, str]
             raise ConfigError(f"{manifest.path}: no column {column!r} to select on; columns are "
                               f"{', '.join(table.columns)}.")
         if op in ("=", "!="):
-            hit = table[column].astype(str).isin([v.strip() for v in value.split(",")])
+            wanted = [v.strip() for v in value.split(",")]
+            try:  # a numeric column compares as numbers: reverb_rt60=0 must match 0.0
+                hit = table[column].isin([float(v) for v in wanted]) if pd.api.types.is_numeric_dtype(
+                    table[column]) else table[column].astype(str).isin(wanted)
+            except ValueError:
+                hit = table[column].astype(str).isin(wanted)
             keep &= hit if op == "=" else ~hit
             continue
         try:

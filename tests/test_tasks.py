@@ -29,6 +29,8 @@ def test_a_subset_is_a_derived_manifest_with_the_base_splits(tiny_corpus):
     assert resolve_task(spec).manifest_id == subset.manifest_id  # written once, read again
     complement = resolve_task(f"{base.path}[accent!={accents[0]}]")
     assert len(complement.table) + len(subset.table) == len(base.table)
+    dry = resolve_task(f"{base.path}[reverb_rt60=0]")  # a numeric column compares as numbers (0 == 0.0)
+    assert len(dry.table) == int((base.table["reverb_rt60"] == 0).sum()) > 0
     loud = resolve_task(f"{base.path}[snr_db>=20]")
     assert (loud.table["snr_db"] >= 20).all() and len(loud.table) == int((base.table["snr_db"] >= 20).sum())
 
