@@ -193,7 +193,10 @@ class LocalExecutor:
             parent, child = ctx.Pipe()
             process = ctx.Process(target=_worker_main,
                                   args=(child, self._env(slot_id), list(plugins), log_level, os.getpid()),
-                                  name=f"avbench-worker-{slot_id}", daemon=True)
+                                  # Not daemonic: a run starts processes of its own (the feature
+                                  # cache's audio loaders), which daemonic processes may not. The
+                                  # finally below ends the workers, and they die with the sweep.
+                                  name=f"avbench-worker-{slot_id}", daemon=False)
             process.start()
             child.close()
             return {"id": slot_id, "process": process, "conn": parent, "job": None}

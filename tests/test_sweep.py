@@ -241,6 +241,31 @@ records: {records}
     assert ok["status"] == "ok" and ok["encoder"] == "mfcc39", "the replacement worker ran the next run"
 
 
+def test_a_run_in_a_worker_may_start_processes_of_its_own(tiny_corpus, tmp_path):
+    # The feature cache loads audio with DataLoader worker processes for corpora of 512 clips or
+    # more; a daemonic sweep worker could not start them ("daemonic processes are not allowed to
+    # have children"), as happened to a 3,600-clip reference sweep.
+    plugin = _plugin(tmp_path, "spawning-frames-test", """
+    def forward(self, wav, lengths):
+        import multiprocessing
+        child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0.01,))
+        child.start()
+        child.join()
+        return self.frames(wav, lengths)""")
+    records = tmp_path / "runs.jsonl"
+    config = write_config(tmp_path / "sweep.yaml", f"""
+tasks: ["{tiny_corpus.path}"]
+encoders: [spawning-frames-test]
+train: {TRAIN}
+records: {records}
+""")
+    try:
+        assert main(["-q", "--plugin", str(plugin), "sweep", str(config), "--workers", "1"]) == 0
+    finally:
+        _REGISTRY.pop("spawning-frames-test", None)
+    assert [r["status"] for r in read_records(records)] == ["ok"]
+
+
 def test_local_executor_concurrency_and_threads():
     assert (LocalExecutor(cores=8, gpus=[]).workers, LocalExecutor(cores=8, gpus=[]).threads) == (8, 1)
     cpu = LocalExecutor(runs_per_device=2, cores=8, gpus=[])
