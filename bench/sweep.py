@@ -31,6 +31,7 @@ import fcntl
 import itertools
 import json
 import logging
+import os
 import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -262,7 +263,9 @@ def write_sidecar(sweep: Sweep, plan: list[PlannedRun]) -> Path:
             entries = json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc}); fix or delete it (it only describes sweeps).") from exc
-        entries[sweep.name] = {"config": str(sweep.source.resolve()), "description": sweep.description,
+        # Relative to the records' folder where it can be: the sidecar is committed with them.
+        source = Path(os.path.relpath(sweep.source.resolve(), path.parent.resolve()))
+        entries[sweep.name] = {"config": str(source), "description": sweep.description,
                                "deviations_from_paper": sweep.deviations, "pretraining": sweep.pretraining,
                                "budget": sweep.budget,
                                "config_hashes": sorted({p.config_hash for p in plan if p.config_hash})}
