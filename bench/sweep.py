@@ -1,7 +1,7 @@
 """`avbench sweep CONFIG.yaml`: a grid of runs, planned, costed, and executed by bench.executors.
 
     name: quick                       # description, deviations_from_paper: optional, kept in the sidecar
-    tasks: [embedded:default]         # or cross-dataset: train_task: X and eval_tasks: [Y, Z]
+    tasks: [embedded:default]         # cross-dataset: train_task: X (or tasks: [X, Y]) and eval_tasks: [Y, Z]
     task_types: [words]               # default; also speaker-id, speaker-verification, emotion
     encoders: [mfcc39, logmel]        # or `paper`: the nine encoders of the paper's tables
     modes: [frozen]                   # default: each encoder's default_mode (resnet18-scratch: scratch)
@@ -157,9 +157,11 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{path}: train.{clash[0]} is set by the sweep key "
                           f"'{GRID_SETTINGS[clash[0]]}', not in 'train'.")
 
-    if ("train_task" in spec) != ("eval_tasks" in spec) or ("train_task" in spec and "tasks" in spec):
-        raise ConfigError(f"{path}: a cross-dataset sweep gives 'train_task' and 'eval_tasks' together, "
-                          "and no 'tasks'; an in-domain sweep gives 'tasks' only.")
+    # Cross-dataset: `train_task` (one) or `tasks` (a generalisation matrix: every task trained,
+    # each tested on every one of `eval_tasks`), with `eval_tasks`.
+    if ("train_task" in spec and "eval_tasks" not in spec) or ("train_task" in spec and "tasks" in spec):
+        raise ConfigError(f"{path}: a cross-dataset sweep gives 'train_task' (or 'tasks') with 'eval_tasks'; "
+                          "an in-domain sweep gives 'tasks' only.")
     tasks = [spec["train_task"]] if "train_task" in spec else _list(spec, "tasks", path, None)
     eval_tasks = [str(t) for t in _list(spec, "eval_tasks", path, [])]
     encoders = _list(spec, "encoders", path, None, PAPER_ENCODERS)

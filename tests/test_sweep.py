@@ -85,6 +85,9 @@ pretraining: {{apc: {{data: embedded:default, steps: 1000}}}}
     config.write_text("train_task: a\neval_tasks: [b, c]\nencoders: [mfcc39]\n")
     (run,) = load_sweep(config).runs
     assert run.task == "a" and tuple(run.eval_tasks) == ("b", "c")
+    # A generalisation matrix: every task trained, each tested on all of eval_tasks.
+    config.write_text("tasks: [a, b]\neval_tasks: [a, b]\nencoders: [mfcc39]\n")
+    assert [(r.task, tuple(r.eval_tasks)) for r in load_sweep(config).runs] == [("a", ("a", "b")), ("b", ("a", "b"))]
 
 
 @pytest.mark.parametrize("body, message", [
@@ -96,7 +99,7 @@ pretraining: {{apc: {{data: embedded:default, steps: 1000}}}}
     ("tasks: [x]\nencoders: [mfcc39]\nlabel_fractions: most\n", r"'label_fractions' must be a non-empty list or"),
     ("tasks: [x]\nencoders: [mfcc39]\npretraining: {apc: {steps: 1}}\n", r"'pretraining' describes \['apc'\]"),
     ("tasks: [x]\nencoders: [mfcc39]\ntask_types: [word]\n", r"task_types \['word'\] unknown"),
-    ("train_task: x\nencoders: [mfcc39]\n", r"'train_task' and 'eval_tasks' together"),
+    ("train_task: x\nencoders: [mfcc39]\n", r"gives 'train_task' \(or 'tasks'\) with 'eval_tasks'"),
     ("tasks: [x]\nencoders: [mfcc39]\nbudget: 'steps:3'\ntrain: {epochs: 5}\n", r"budget_steps \(3\) must be at least"),
 ])
 def test_bad_sweep_configs_name_the_file_and_key(tmp_path, body, message):
