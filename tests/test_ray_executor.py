@@ -20,6 +20,17 @@ def comparable(record: dict) -> dict:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _keep_builtins_print():
+    # Ray replaces builtins.print in the driver (ray.experimental.tqdm_ray); later tests in this
+    # process must see the real one.
+    import builtins
+
+    real = builtins.print
+    yield
+    builtins.print = real
+
+
 def test_ray_sweep_records_what_the_local_executor_records(tiny_corpus, tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(f"""
