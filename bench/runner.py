@@ -239,6 +239,12 @@ def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -
     return confusion
 
 
+def per_class_accuracy(confusion: np.ndarray, labels: list[str]) -> dict[str, float | None]:
+    """Recall of each class (row i of the confusion matrix is class labels[i]); None where it has no clip."""
+    return {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+            for i, label in enumerate(labels)}
+
+
 def classification_metrics(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, float]:
     from bench.metrics import accuracy, unweighted_average_recall
 
@@ -496,8 +502,7 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
             "folds": None if len(folds) == 1 else [{"fold": f["fold"], "best_epoch": f["best"]["epoch"],
                                                    "val_acc": round(f["best"]["val_acc"], 6), "metrics": f["metrics"]}
                                                   for f in fold_results],
-            "per_class_test_acc": {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
-                                   for i, label in enumerate(labels)},
+            "per_class_test_acc": per_class_accuracy(confusion, labels),
             "confusion": confusion.tolist(),
             "test_clip_ids_hash": clip_order_hash(test_ids),
             "test_targets": targets.tolist(),
@@ -578,6 +583,5 @@ def _cross_evaluate(config: RunConfig, eval_task: str, model: nn.Module, encoder
             "manifest_id": manifest.manifest_id, "metrics": metrics, "test_acc": metrics["accuracy"],
             "confusion": confusion.tolist(), "test_clip_ids_hash": clip_order_hash(test["clip_id"].tolist()),
             "test_targets": targets.tolist(), "test_predictions": preds.tolist(),
-            "per_class_test_acc": {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
-                                   for label, i in label_index.items()},
+            "per_class_test_acc": per_class_accuracy(confusion, list(label_index)),
             "eval_dropped_labels": {str(k): int(v) for k, v in dropped.items()}}

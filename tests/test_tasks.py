@@ -70,3 +70,23 @@ def test_the_cli_runs_a_verification_task_and_prints_its_metrics(tiny_corpus, tm
     record = json.loads(records.read_text().splitlines()[-1])
     assert record["task_type"] == "speaker-verification" and record["label_column"] == "speaker"
     assert 0.0 <= record["metrics"]["eer"] <= 1.0 and len(record["trial_scores"]) == len(record["trial_labels"]) > 0
+
+
+def test_a_run_tested_on_another_task_records_it_separately(tiny_corpus, tmp_path):
+    from bench.records import read_records
+    from bench.runner import RunConfig, run_experiment
+
+    base = tiny_corpus.manifest
+    median = float(base.table["snr_db"].median())
+    own, other = (f"{base.path}[snr_db{op}{median}]" for op in (">=", "<"))
+    config = RunConfig(encoder="mfcc39", task=own, epochs=1, lr=1e-3, batch_size=8, eval_tasks=(own, other))
+    records = tmp_path / "runs.jsonl"
+    main = run_experiment(config, records, progress=False)
+    cross, last = read_records(records)
+    assert last["config_hash"] == main["config_hash"], "the main record is written last"
+    assert (cross["train_task"], cross["eval_task"], cross["eval_of"]) == (own, other, main["config_hash"])
+    test = resolve_task(other).split("test")
+    assert len(cross["test_predictions"]) == len(test) and cross["config_hash"] != main["config_hash"]
+    assert set(cross["per_class_test_acc"]) == set(main["labels"])
+    hits = sum(t == p for t, p in zip(cross["test_targets"], cross["test_predictions"]))
+    assert cross["metrics"]["accuracy"] == round(hits / len(test), 6)
