@@ -18,7 +18,8 @@ Runs already recorded (same config hash) are skipped, so a re-run does only what
 failed, and a killed sweep loses only its runs in flight (which resume from their last finished
 epoch). Records do not know which sweep made them, so the sweep's own facts (config path,
 pretraining, budget, description, deviations, its runs' config hashes) go to a sidecar beside the
-records, `runs.jsonl` -> `runs.sweeps.json`, one entry per sweep name.
+records, `runs.jsonl` -> `runs.sweeps.json`, one entry per sweep name. The entry's run hashes accumulate
+over invocations, so a sweep grown in stages (an encoder or seeds added later) still names every run it made.
 
 `--dry-run` resolves tasks (for the config hashes) but builds no features and trains nothing: it
 counts recorded, failed-before and remaining runs, and costs the remaining ones from the training
@@ -267,10 +268,13 @@ def write_sidecar(sweep: Sweep, plan: list[PlannedRun]) -> Path:
             raise ConfigError(f"{path}: not valid JSON ({exc}); fix or delete it (it only describes sweeps).") from exc
         # Relative to the records' folder where it can be: the sidecar is committed with them.
         source = Path(os.path.relpath(sweep.source.resolve(), path.parent.resolve()))
+        # A union over every invocation of the sweep: a sweep grown in stages (more encoders, more
+        # seeds) keeps naming the runs its earlier stages recorded.
+        earlier = set(entries.get(sweep.name, {}).get("config_hashes", []))
         entries[sweep.name] = {"config": str(source), "description": sweep.description,
                                "deviations_from_paper": sweep.deviations, "pretraining": sweep.pretraining,
                                "budget": sweep.budget,
-                               "config_hashes": sorted({p.config_hash for p in plan if p.config_hash})}
+                               "config_hashes": sorted(earlier | {p.config_hash for p in plan if p.config_hash})}
         atomic_write_bytes(path, (json.dumps(entries, indent=2, sort_keys=True, default=str) + "\n").encode())
     return path
 

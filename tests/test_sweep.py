@@ -23,7 +23,7 @@ from bench.records import read_records
 from bench.registry import _REGISTRY
 from bench.runner import run_experiment
 from bench.sweep import (PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, cost_table, default_seconds_per_clip_epoch,
-                         load_sweep, plan_runs, run_sweep, sidecar_path)
+                         load_sweep, plan_runs, run_sweep, sidecar_path, write_sidecar)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = "{epochs: 2, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}"
@@ -408,3 +408,17 @@ def _status(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().lower()
     except FileNotFoundError:
         return "zombie"
+
+
+def test_the_sidecar_keeps_the_runs_of_earlier_stages_of_a_sweep(tmp_path):
+    from types import SimpleNamespace
+
+    config = write_config(tmp_path / "grown.yaml", "encoders: [mfcc39]\n")
+    stage = dict(name="grown", source=config, records=tmp_path / "runs.jsonl", description="", deviations=[],
+                 pretraining={}, budget={"unit": "epochs", "value": 1})
+    write_sidecar(SimpleNamespace(**stage), [SimpleNamespace(config_hash="aaa"), SimpleNamespace(config_hash=None)])
+    write_sidecar(SimpleNamespace(**{**stage, "description": "more seeds"}),
+                  [SimpleNamespace(config_hash="bbb")])
+    entry = json.loads(sidecar_path(tmp_path / "runs.jsonl").read_text())["grown"]
+    assert entry["config_hashes"] == ["aaa", "bbb"] and entry["description"] == "more seeds"
+    assert entry["config"] == "grown.yaml"
