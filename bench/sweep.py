@@ -206,6 +206,9 @@ def load_sweep(path: str | Path) -> Sweep:
                     "eval_tasks": eval_tasks}))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{path}: {exc}") from exc
+    # Seeds outermost: a sweep stopped early (or still running) has every encoder and label point at
+    # its first seeds, i.e. a complete if less certain table, rather than some encoders missing.
+    runs.sort(key=lambda run: run.seed)  # stable: the grid's order within a seed
     return Sweep(name=str(spec.get("name") or path.stem), runs=runs, source=path,
                  records=Path(spec.get("records") or DEFAULT_RECORDS),
                  tables=Path(spec["tables"]) if spec.get("tables") else None,

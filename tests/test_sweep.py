@@ -118,8 +118,11 @@ train: {TRAIN}
 records: {records}
 """)
     sweep = load_sweep(config)
+    # Seeds outermost, the grid's order within a seed.
+    assert [(r.seed, r.encoder) for r in sweep.runs[:5]] == \
+        [(0, "mfcc39"), (0, "logmel"), (0, "logmel-l1"), (0, "resnet18-scratch"), (1, "mfcc39")]
     done = run_experiment(sweep.runs[0], records, progress=False)          # mfcc39 seed 0
-    record_failure(records, asdict(sweep.runs[1]), "RuntimeError: boom")  # mfcc39 seed 1
+    record_failure(records, asdict(sweep.runs[4]), "RuntimeError: boom")  # mfcc39 seed 1
     cache_entries = sorted((data_dir() / "cache").rglob("meta.json"))
     rows, problems = cost_table(sweep)
     assert problems == {} and sorted((data_dir() / "cache").rglob("meta.json")) == cache_entries
