@@ -28,6 +28,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -576,6 +577,44 @@ def render_readme(index: list[tuple[str, str, list[dict]]], summary: dict[str, A
     return out.getvalue()
 
 
+def render_pretraining_index(records: list[dict], pretraining_dir: Path, out_dir: Path) -> str:
+    """The pretraining runs kept beside the records (`pretraining/NAME/pretrain.json`, as `avbench
+    pretrain` wrote it, with its loss curve and frame grids), and the records that evaluated each.
+
+    A record names its checkpoint by path (`checkpoint_path`, and the encoder spec in its config), so
+    the match is on the folder: `.../NAME/encoder.pt`.
+    """
+    summaries = sorted(pretraining_dir.glob("*/pretrain.json"))
+    if not summaries:
+        return ""
+    out = io.StringIO()
+    out.write("\n## Pretraining runs\n\nCopied from `avbench pretrain` output folders (`pretrain.json`, loss curve, "
+              "frame grids; the checkpoints stay out of git). Evaluated by: the records whose encoder names "
+              "`NAME/encoder.pt`.\n\n| folder | encoder | data | budget | wall | final loss | evaluated by | files |\n"
+              "|---|---|---|---|---|---|---|---|\n")
+    for path in summaries:
+        folder = path.parent
+        try:
+            summary = json.loads(path.read_text())
+            config = summary["config"]
+            budget = f"{summary['step']} steps x batch {config['batch_size']} ({summary['epochs_done']} epochs)"
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a pretrain.json written by `avbench pretrain` ({exc}); "
+                              "fix or remove the folder.") from exc
+        suffix = f"/{folder.name}/encoder.pt"
+        used = sorted({r["config_hash"] for r in records
+                       if any(str(path).endswith(suffix) for path in (r.get("checkpoint_path"),
+                                                                      r.get("config", {}).get("encoder")))})
+        files = ", ".join(f"[{f.name}]({os.path.relpath(f, out_dir)})" for f in sorted(folder.iterdir())
+                          if f.suffix in (".png", ".csv", ".txt", ".json"))
+        final = summary.get("final_loss")
+        out.write(f"| {folder.name} | {summary['encoder']} | {summary.get('data_name', summary.get('data'))} "
+                  f"(manifest {summary.get('manifest_id', '?')}) | {budget} | {summary.get('seconds', 0):,.0f} s "
+                  f"x {summary.get('processes', 1)} process(es) | {'—' if final is None else f'{final:.4g}'} | "
+                  f"{len(used)} record(s) | {files} |\n")
+    return out.getvalue()
+
+
 def write_tables(records_path: str | Path, out_dir: str | Path) -> list[Path]:
     from bench import plots  # matplotlib only when files are written
 
@@ -603,8 +642,10 @@ def write_tables(records_path: str | Path, out_dir: str | Path) -> list[Path]:
         for name, (what, data) in sorted(plots.table_figures(table).items()):
             files[f"plots/{name}"] = data
             index.append((f"plots/{name}", what, table.records))
-    files["README.md"] = render_readme(index, summary, records_path, sweeps_by_run(records_path)).encode()
     out_dir = Path(out_dir)
+    readme = render_readme(index, summary, records_path, sweeps_by_run(records_path))
+    readme += render_pretraining_index(everything, records_path.parent / "pretraining", out_dir)
+    files["README.md"] = readme.encode()
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     return [out_dir / name for name in files]
