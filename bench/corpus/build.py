@@ -27,7 +27,7 @@ import shutil
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -441,7 +441,7 @@ def summary_text(corpus: EmbeddedCorpus) -> str:
     lines.append(f"noise:    SNR {meta['config']['snr_db'][0]:g}-{meta['config']['snr_db'][1]:g} dB "
                  f"({', '.join(meta['config']['noise_types'])}); reverb on "
                  f"{int((table['reverb_rt60'] > 0).sum())} clips; {meta.get('trimmed_clips', 0)} clips trimmed to 1 s")
-    lines.append(f"video:    25 fps mouth tracks, frames rendered on demand (64x64)")
+    lines.append("video:    25 fps mouth tracks, frames rendered on demand (64x64)")
     lines.append(f"built in {meta.get('build_seconds')} s with {meta.get('workers')} worker(s)")
     lines.append(f"path:     {corpus.path}")
     return "\n".join(lines)
