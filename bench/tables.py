@@ -28,7 +28,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -542,81 +541,8 @@ def significance(tables: list[Table]) -> tuple[str, str]:
     return md.getvalue(), out_csv.getvalue()
 
 
-def sweeps_by_run(records_path: Path) -> dict[str, list[str]]:
-    """Run config hash -> names of the sweeps that planned it, from the sweeps sidecar beside the
-    records (bench.sweep.sidecar_path: runs.jsonl -> runs.sweeps.json), if there is one."""
-    sidecar = records_path.with_name(records_path.stem + ".sweeps.json")
-    if not sidecar.is_file():
-        return {}
-    try:
-        entries = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{sidecar}: not valid JSON ({exc}); fix or delete it (it only names sweeps).") from exc
-    names: dict[str, list[str]] = defaultdict(list)
-    for name, entry in sorted(entries.items()):
-        for config_hash in entry.get("config_hashes", []):
-            names[config_hash].append(name)
-    return names
-
-
-def render_readme(index: list[tuple[str, str, list[dict]]], summary: dict[str, Any], source: Path,
-                  sweeps: dict[str, list[str]]) -> str:
-    out = io.StringIO()
-    out.write(f"# Generated results\n\nEverything listed here is written by `avbench tables` from `{source.name}` "
-              f"(a pure function of it, with sweep names from `{source.stem}.sweeps.json`: the same records give "
-              f"byte-identical files); do not edit by hand. Records: {summary['ok']} successful run(s) tabled, "
-              f"{summary['superseded']} replaced by a later record of the same run, {len(summary['failed'])} "
-              "failed.\n\n| file | contents | sweeps | git commits |\n|---|---|---|---|\n")
-    for name, what, records in index:
-        # A cross-dataset record is an extra test of the run it names in eval_of.
-        names = sorted({n for r in records for n in ([r["sweep"]] if r.get("sweep") else
-                                                     sweeps.get(r.get("eval_of") or r["config_hash"], []))})
-        commits = sorted({str(r.get("git_commit") or "unknown") for r in records})
-        commits = [c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
-        out.write(f"| [{name}]({name}) | {what} | {', '.join(names) or '—'} | {', '.join(commits)} |\n")
-    return out.getvalue()
-
-
-def render_pretraining_index(records: list[dict], pretraining_dir: Path, out_dir: Path) -> str:
-    """The pretraining runs kept beside the records (`pretraining/NAME/pretrain.json`, as `avbench
-    pretrain` wrote it, with its loss curve and frame grids), and the records that evaluated each.
-
-    A record names its checkpoint by path (`checkpoint_path`, and the encoder spec in its config), so
-    the match is on the folder: `.../NAME/encoder.pt`.
-    """
-    summaries = sorted(pretraining_dir.glob("*/pretrain.json"))
-    if not summaries:
-        return ""
-    out = io.StringIO()
-    out.write("\n## Pretraining runs\n\nCopied from `avbench pretrain` output folders (`pretrain.json`, loss curve, "
-              "frame grids; the checkpoints stay out of git). Evaluated by: the records whose encoder names "
-              "`NAME/encoder.pt`.\n\n| folder | encoder | data | budget | wall | final loss | evaluated by | files |\n"
-              "|---|---|---|---|---|---|---|---|\n")
-    for path in summaries:
-        folder = path.parent
-        try:
-            summary = json.loads(path.read_text())
-            config = summary["config"]
-            budget = f"{summary['step']} steps x batch {config['batch_size']} ({summary['epochs_done']} epochs)"
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a pretrain.json written by `avbench pretrain` ({exc}); "
-                              "fix or remove the folder.") from exc
-        suffix = f"/{folder.name}/encoder.pt"
-        used = sorted({r["config_hash"] for r in records
-                       if any(str(path).endswith(suffix) for path in (r.get("checkpoint_path"),
-                                                                      r.get("config", {}).get("encoder")))})
-        files = ", ".join(f"[{f.name}]({os.path.relpath(f, out_dir)})" for f in sorted(folder.iterdir())
-                          if f.suffix in (".png", ".csv", ".txt", ".json"))
-        final = summary.get("final_loss")
-        out.write(f"| {folder.name} | {summary['encoder']} | {summary.get('data_name', summary.get('data'))} "
-                  f"(manifest {summary.get('manifest_id', '?')}) | {budget} | {summary.get('seconds', 0):,.0f} s "
-                  f"x {summary.get('processes', 1)} process(es) | {'—' if final is None else f'{final:.4g}'} | "
-                  f"{len(used)} record(s) | {files} |\n")
-    return out.getvalue()
-
-
 def write_tables(records_path: str | Path, out_dir: str | Path) -> list[Path]:
-    from bench import plots  # matplotlib only when files are written
+    from bench import plots, results_index  # matplotlib only when files are written
 
     records_path = Path(records_path)
     records = read_records(records_path)
@@ -643,9 +569,7 @@ def write_tables(records_path: str | Path, out_dir: str | Path) -> list[Path]:
             files[f"plots/{name}"] = data
             index.append((f"plots/{name}", what, table.records))
     out_dir = Path(out_dir)
-    readme = render_readme(index, summary, records_path, sweeps_by_run(records_path))
-    readme += render_pretraining_index(everything, records_path.parent / "pretraining", out_dir)
-    files["README.md"] = readme.encode()
+    files["README.md"] = results_index.render(index, summary, records_path, out_dir).encode()
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     return [out_dir / name for name in files]
