@@ -68,3 +68,26 @@ def test_the_joint_objective_hides_the_nested_discriminators_from_the_loop_and_d
     hidden = hidden_parameter_names(joint)
     assert hidden and all(name.startswith("visual.adversary.") for name in hidden)
     assert len(hidden) == len(discriminators)
+
+
+@pytest.mark.parametrize("name,encoder_kwargs", [("av-audio", SMALL_RESNET), ("av-visual", SMALL_RESNET),
+                                                 ("av-joint", SMALL_RESNET), ("logmel-l1", {"channels": [16, 32]})])
+def test_each_pretrained_variant_fine_tunes_from_its_checkpoint(name, encoder_kwargs, tiny_corpus, tmp_path):
+    from bench.records import read_records
+    from bench.runner import RunConfig, file_hash, run_experiment
+
+    pretext = {} if name == "av-audio" else {"visual": SMALL_VISUAL} if name == "av-joint" else SMALL_VISUAL
+    pretrain(PretrainConfig(encoder=name, data=str(tiny_corpus.path), steps=2, batch_size=2, save_every=2,
+                            encoder_kwargs=encoder_kwargs, pretext_kwargs=pretext), tmp_path / "pre", progress=False)
+    checkpoint = tmp_path / "pre" / "encoder.pt"
+    spec = f"{name}@{checkpoint}"
+    config = RunConfig.from_dict(dict(encoder=spec, task=str(tiny_corpus.path), mode="finetune", epochs=1, lr=1e-3,
+                                      batch_size=8, hidden=8, layers=1, encoder_kwargs=encoder_kwargs))
+    run_experiment(config, tmp_path / "runs.jsonl", progress=False)
+    (record,) = read_records(tmp_path / "runs.jsonl")
+    assert record["status"] == "ok" and record["mode"] == "finetune"
+    assert record["checkpoint_hash"] == file_hash(checkpoint)
+    # The spec the loop builds its encoder from carries the pretrained weights.
+    loaded = create_encoder(spec, **encoder_kwargs).state_dict()
+    saved = torch.load(checkpoint, weights_only=True)["encoder"]
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
