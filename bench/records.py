@@ -20,6 +20,12 @@ log = logging.getLogger("avbench.records")
 DEFAULT_RECORDS = Path("results") / "runs.jsonl"
 
 
+def sidecar_path(records: str | Path) -> Path:
+    """`results/runs.jsonl` -> `results/runs.sweeps.json`: what bench.sweep knows of the sweeps behind them."""
+    records = Path(records)
+    return records.with_name(records.stem + ".sweeps.json")
+
+
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

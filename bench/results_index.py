@@ -11,20 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError
+from bench.records import sidecar_path
 
 
-def render(index: list[tuple[str, str, list[dict]]], summary: dict[str, Any], records_path: Path,
-           out_dir: Path) -> str:
-    """The whole README: one row per written file, then the pretraining runs."""
-    everything = [r for _, _, records in index for r in records]
+def render(index: list[tuple[str, str, list[dict]]], records: list[dict], summary: dict[str, Any],
+           records_path: Path, out_dir: Path) -> str:
+    """The whole README: one row per written file, then the pretraining runs (`records`: every tabled one)."""
     return (render_files(index, summary, records_path, sweeps_by_run(records_path))
-            + render_pretraining(everything, records_path.parent / "pretraining", out_dir))
+            + render_pretraining(records, records_path.parent / "pretraining", out_dir))
 
 
 def sweeps_by_run(records_path: Path) -> dict[str, list[str]]:
     """Run config hash -> names of the sweeps that planned it, from the sweeps sidecar beside the
-    records (bench.sweep.sidecar_path: runs.jsonl -> runs.sweeps.json), if there is one."""
-    sidecar = records_path.with_name(records_path.stem + ".sweeps.json")
+    records (runs.jsonl -> runs.sweeps.json), if there is one."""
+    sidecar = sidecar_path(records_path)
     if not sidecar.is_file():
         return {}
     try:
@@ -82,8 +82,8 @@ def render_pretraining(records: list[dict], pretraining_dir: Path, out_dir: Path
                               "fix or remove the folder.") from exc
         suffix = f"/{folder.name}/encoder.pt"
         used = sorted({r["config_hash"] for r in records
-                       if any(str(path).endswith(suffix) for path in (r.get("checkpoint_path"),
-                                                                      r.get("config", {}).get("encoder")))})
+                       if any(str(named).endswith(suffix) for named in (r.get("checkpoint_path"),
+                                                                        r.get("config", {}).get("encoder")))})
         files = ", ".join(f"[{f.name}]({os.path.relpath(f, out_dir)})" for f in sorted(folder.iterdir())
                           if f.suffix in (".png", ".csv", ".txt", ".json"))
         final = summary.get("final_loss")

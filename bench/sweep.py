@@ -43,7 +43,7 @@ import yaml
 
 from bench.errors import ConfigError
 from bench.manifest import atomic_write_bytes
-from bench.records import DEFAULT_RECORDS, completed, read_records
+from bench.records import DEFAULT_RECORDS, completed, read_records, sidecar_path
 from bench.runner import RunConfig, run_identity
 from bench.task_types import TASK_TYPES
 from bench.registry import create_encoder, encoder_entry, split_spec
@@ -251,12 +251,6 @@ def plan_runs(sweep: Sweep, progress: bool = False) -> list[PlannedRun]:
         except Exception as exc:  # the run itself will fail with this error and be recorded
             plan.append(PlannedRun(config, run_label(config), None, problem=f"{type(exc).__name__}: {exc}"))
     return plan
-
-
-def sidecar_path(records: str | Path) -> Path:
-    """`results/runs.jsonl` -> `results/runs.sweeps.json`."""
-    records = Path(records)
-    return records.with_name(records.stem + ".sweeps.json")
 
 
 def write_sidecar(sweep: Sweep, plan: list[PlannedRun]) -> Path:

@@ -569,7 +569,7 @@ def write_tables(records_path: str | Path, out_dir: str | Path) -> list[Path]:
             files[f"plots/{name}"] = data
             index.append((f"plots/{name}", what, table.records))
     out_dir = Path(out_dir)
-    files["README.md"] = results_index.render(index, summary, records_path, out_dir).encode()
+    files["README.md"] = results_index.render(index, everything, summary, records_path, out_dir).encode()
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     return [out_dir / name for name in files]
