@@ -23,6 +23,19 @@ killed build therefore leaves only a dot-folder that is never read, and that the
 removes. An entry whose files do not match its meta.json (a truncated copy, a full disk) is
 refused with an error that names the folder and says to delete it.
 
+Reuse across manifests. Task variants select or re-split the clips of one corpus (an accent
+subset, a speaker-id split, a noise condition), and each is a new manifest with a new key. Before
+running the encoder, a builder looks for a complete entry with the same encoder config, weights,
+preprocessing and format whose manifest held every clip of this one from the same audio: same
+clip id, same resolved audio path, sample count and rate, and an audio file not modified since
+that entry was built. The donor's manifest must still be the file it was built from (its content
+id is checked), since that is the only record of which audio its rows came from. If one is found,
+the clips' features are copied from it in this manifest's order (`meta.json` names it in
+`derived_from`) and the encoder never runs. The encoder contract makes a clip's features
+independent of the other clips padded into its batch, so the copy holds what a fresh build would,
+up to the float rounding of batched kernels. Partial coverage is not used: a donor must hold
+every clip.
+
 Concurrency. A builder holds an exclusive `fcntl.flock` on `<root>/<key>.lock` and re-checks for
 the entry after taking it, so two processes (or jobs of a sweep) asking for the same key compute
 it once: the second waits and then reads. Different keys have different locks and build in
@@ -139,6 +152,7 @@ class CacheStats:
     forward_clips: int  # clips passed through the encoder by this call (0 on a hit)
     hit: bool  # the entry existed, or another process built it while this one waited
     build_seconds: float  # time this call spent building (0.0 on a hit)
+    derived_from: str | None = None  # key of the entry the features were copied from, if any
 
 
 class CachedFeatures:
@@ -405,9 +419,13 @@ class FeatureCache:
             partial = self.root / f".{key}.partial-{os.getpid()}-{secrets.token_hex(4)}"
             partial.mkdir()
             try:
-                meta = self._build(encoder, manifest, inputs, key, partial, batch_size=batch_size,
-                                   device=device, progress=progress, num_workers=num_workers,
-                                   started=started)
+                donor = self._find_donor(manifest, inputs)
+                if donor is not None:
+                    meta = self._copy_from(donor, manifest, inputs, key, partial, started=started)
+                else:
+                    meta = self._build(encoder, manifest, inputs, key, partial, batch_size=batch_size,
+                                       device=device, progress=progress, num_workers=num_workers,
+                                       started=started)
                 _fsync_dir(partial)
                 os.rename(partial, final)
                 _fsync_dir(self.root)
@@ -415,10 +433,12 @@ class FeatureCache:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
             seconds = time.monotonic() - started
-            log.info("cached %d clips of %s in %.1f s at %s", meta["num_clips"],
-                     meta["encoder"], seconds, final)
-            return CachedFeatures.open(final, CacheStats(forward_clips=int(meta["num_clips"]),
-                                                         hit=False, build_seconds=seconds))
+            derived = meta.get("derived_from")
+            log.info("cached %d clips of %s in %.1f s at %s%s", meta["num_clips"], meta["encoder"],
+                     seconds, final, f" (copied from entry {derived})" if derived else "")
+            forward = 0 if derived else int(meta["num_clips"])
+            return CachedFeatures.open(final, CacheStats(forward_clips=forward, hit=False,
+                                                         build_seconds=seconds, derived_from=derived))
 
     def _locked(self, key: str) -> "_KeyLock":
         return _KeyLock(self.root / f"{key}.lock", key)
@@ -513,30 +533,112 @@ class FeatureCache:
         finally:
             encoder.train(was_training)
             writer.abort()
+        return self._finish_entry(folder, key, inputs, manifest, clip_ids, writer, index, started, {
+            "encoder": name,
+            "encoder_class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+            "dim": dim,
+            "frame_rate": float(encoder.frame_rate),
+            "batch_size": batch_size,
+            "device": str(device),
+        })
+
+    @staticmethod
+    def _finish_entry(folder: Path, key: str, inputs: dict, manifest: "Manifest", clip_ids: list[str],
+                      writer: "_ShardWriter", index: dict[str, np.ndarray], started: float,
+                      described: dict) -> dict:
+        """Write index.npz and meta.json (fsynced) for shards `writer` has closed; return meta."""
         np.savez(folder / INDEX_NAME, clip_ids=np.array(clip_ids, dtype=str), **index)
         _fsync_file(folder / INDEX_NAME)
         meta = {
             "key": key,
             **inputs,
-            "encoder": name,
-            "encoder_class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+            **described,
             "manifest_path": str(manifest.path),
-            "dim": dim,
-            "frame_rate": float(encoder.frame_rate),
             "dtype": "float16",
             "layout": "row-major [frames, dim] per clip, clips concatenated in manifest order",
             "num_clips": len(clip_ids),
             "total_frames": int(index["frames"].sum()),
             "bytes": int(sum(writer.shard_bytes)),
             "shard_bytes": writer.shard_bytes,
-            "batch_size": batch_size,
-            "device": str(device),
             "build_seconds": round(time.monotonic() - started, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (folder / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         _fsync_file(folder / META_NAME)
         return meta
+
+    # ----- reuse across manifests ----------------------------------------------------------------
+
+    def _find_donor(self, manifest: "Manifest", inputs: dict) -> "CachedFeatures | None":
+        """A complete entry with the same encoder, weights and preprocessing that holds every clip
+        of `manifest`, computed from the same audio (see the module docstring), or None."""
+        if not self.root.is_dir():
+            return None
+        same = _canonical({k: v for k, v in inputs.items() if k != "manifest_id"})
+        table = manifest.table
+        wanted = dict(zip(table["clip_id"].astype(str),
+                          zip((str(manifest.resolve(p)) for p in table["audio_path"].astype(str)),
+                              table["num_samples"].astype(np.int64).tolist(),
+                              table["sample_rate"].astype(np.int64).tolist())))
+        for meta_path in sorted(self.root.glob(f"*/{META_NAME}")):
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if (meta.get("key") != meta_path.parent.name or meta.get("manifest_id") == inputs["manifest_id"]
+                    or _canonical({k: meta.get(k) for k in inputs if k != "manifest_id"}) != same
+                    or int(meta.get("num_clips", 0)) < len(wanted)):
+                continue
+            built_at = meta_path.stat().st_mtime - float(meta.get("build_seconds", 0.0))
+            if self._covers(meta, wanted, built_at):
+                try:
+                    return CachedFeatures.open(meta_path.parent)
+                except CorruptCacheError as exc:
+                    log.warning("not reusing feature cache entry: %s", exc)
+        return None
+
+    @staticmethod
+    def _covers(meta: dict, wanted: dict[str, tuple[str, int, int]], built_at: float) -> bool:
+        from bench.manifest import ManifestError, file_sha256, read_manifest
+
+        donor_path = Path(str(meta.get("manifest_path", "")))
+        try:
+            if file_sha256(donor_path)[:16] != meta["manifest_id"]:
+                return False  # rewritten since: its rows no longer say which audio was encoded
+            donor = read_manifest(donor_path)
+        except (OSError, ManifestError):
+            return False
+        t = donor.table
+        held = dict(zip(t["clip_id"].astype(str),
+                        zip((str(donor.resolve(p)) for p in t["audio_path"].astype(str)),
+                            t["num_samples"].astype(np.int64).tolist(),
+                            t["sample_rate"].astype(np.int64).tolist())))
+        for clip_id, source in wanted.items():
+            if held.get(clip_id) != source:
+                return False
+        try:
+            return all(os.stat(path).st_mtime <= built_at for path, _, _ in wanted.values())
+        except OSError:
+            return False
+
+    def _copy_from(self, donor: "CachedFeatures", manifest: "Manifest", inputs: dict, key: str,
+                   folder: Path, *, started: float) -> dict:
+        clip_ids = manifest.table["clip_id"].astype(str).tolist()
+        writer = _ShardWriter(folder)
+        try:
+            for clip_id in clip_ids:
+                writer.append(donor.get(donor.index_of(clip_id)))
+            index = writer.close()
+        finally:
+            writer.abort()
+            donor.close()
+        described = {k: donor.meta[k] for k in ("encoder", "encoder_class", "dim", "frame_rate",
+                                                "batch_size", "device")}
+        described["derived_from"] = donor.key
+        log.info("feature cache: %d clips of %s copied from entry %s instead of running the encoder",
+                 len(clip_ids), described["encoder"], donor.key)
+        return self._finish_entry(folder, key, inputs, manifest, clip_ids, writer, index, started,
+                                  described)
 
     @staticmethod
     def _forward(encoder: "Encoder", name: str, dim: int, wavs: list[np.ndarray], device: str,
@@ -703,6 +805,11 @@ class _ShardWriter:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+def _canonical(value: Any) -> str:
+    """JSON text that compares equal for equal values (tuples and lists, key order)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _fsync_file(path: Path) -> None:

@@ -355,6 +355,8 @@ class _Features:
             cached = cache.get_or_build(encoder, manifest, progress=progress)
             counters["encoder_forward_clips"] += cached.stats.forward_clips
             counters["cache_hits" if cached.stats.hit else "cache_misses"] += 1
+            if cached.stats.derived_from:  # a miss served by copying another entry's clips
+                counters["cache_misses_copied"] = counters.get("cache_misses_copied", 0) + 1
             self.cached = cached
 
     def dataset(self, rows, labels: list[int]):

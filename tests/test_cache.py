@@ -191,6 +191,76 @@ def test_keys_follow_every_input(cache: FeatureCache, manifest: Manifest, tmp_pa
     assert weights_digest(torch.nn.ReLU()) == weights_digest(torch.nn.Identity())
 
 
+def _variant(manifest: Manifest, folder: Path, rows) -> Manifest:
+    """A task variant of `manifest`: some of its clips, re-split, in another folder, pointing at
+    the same audio files by absolute path."""
+    table = manifest.table.iloc[rows].copy()
+    table["audio_path"] = [str(manifest.resolve(p)) for p in table["audio_path"]]
+    table["split"] = ["train", "valid", "test"] * (len(table) // 3) + ["train"] * (len(table) % 3)
+    folder.mkdir(parents=True)
+    return read_manifest(write_manifest(table.reset_index(drop=True), folder))
+
+
+def test_a_variant_of_cached_clips_is_copied_not_recomputed(cache: FeatureCache, manifest: Manifest,
+                                                            tmp_path: Path, monkeypatch) -> None:
+    enc = TinyEncoder()
+    donor = cache.get_or_build(enc, manifest, batch_size=4, progress=False)
+    variant = _variant(manifest, tmp_path / "variant", [9, 2, 5, 0, 7, 3])
+    assert cache.key(enc, variant) != donor.key
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder ran although every clip was cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(FeatureCache, "_forward", staticmethod(no_encoder))
+        copied = cache.get_or_build(enc, variant, progress=False)
+    assert copied.stats.forward_clips == 0 and copied.stats.hit is False
+    assert copied.stats.derived_from == donor.key
+    assert copied.key == cache.key(enc, variant) and copied.clip_ids == variant.table["clip_id"].tolist()
+    assert sorted(copied.clip_ids) == sorted(manifest.table["clip_id"].iloc[[9, 2, 5, 0, 7, 3]])
+    for i, clip_id in enumerate(copied.clip_ids):
+        np.testing.assert_array_equal(copied.get(i), donor.get(donor.index_of(clip_id)))
+    assert_matches(copied, reference(enc, variant))
+    meta = json.loads((copied.path / "meta.json").read_text())
+    assert meta["derived_from"] == donor.key and meta["manifest_id"] == variant.manifest_id
+    assert cache.get_or_build(enc, variant, progress=False).stats.hit is True
+
+
+@pytest.mark.parametrize("change", ["other weights", "clip not cached", "audio rewritten",
+                                    "donor manifest rewritten", "other preprocessing"])
+def test_features_are_recomputed_unless_a_donor_provably_holds_them(
+        cache: FeatureCache, manifest: Manifest, tmp_path: Path, change: str) -> None:
+    enc = TinyEncoder()
+    donor = cache.get_or_build(enc, manifest, batch_size=4, progress=False)
+    rows, preprocessing = [1, 4, 6], None
+    if change == "other weights":
+        enc = TinyEncoder(seed=1)
+    elif change == "other preprocessing":
+        preprocessing = {"max_seconds": 0.5}
+    elif change == "audio rewritten":  # same path, new content after the donor was built
+        path = manifest.resolve(manifest.table["audio_path"].iloc[4])
+        wav, sr = sf.read(path, dtype="float32")
+        sf.write(path, wav[::-1].copy(), sr, subtype="FLOAT")
+        later = time.time() + 5
+        import os
+        os.utime(path, (later, later))
+    elif change == "donor manifest rewritten":  # no longer says which audio the donor encoded
+        with open(donor.meta["manifest_path"], "a") as fh:
+            fh.write("\n")
+    variant_rows = _variant(manifest, tmp_path / "variant", rows)
+    if change == "clip not cached":  # one clip the donor never saw, from new audio
+        extra = make_manifest(tmp_path / "extra", n=12).table.iloc[[11]].copy()
+        extra["audio_path"] = [str(tmp_path / "extra" / p) for p in extra["audio_path"]]
+        table = pd.concat([variant_rows.table, extra], ignore_index=True)
+        (tmp_path / "variant2").mkdir()
+        variant_rows = read_manifest(write_manifest(table, tmp_path / "variant2"))
+    built = cache.get_or_build(enc, variant_rows, preprocessing, progress=False)
+    assert built.stats.derived_from is None
+    assert built.stats.forward_clips == len(variant_rows.table)
+    expected = reference(enc, variant_rows, max_seconds=(preprocessing or {}).get("max_seconds"))
+    assert_matches(built, expected)
+
+
 def test_crop_preprocessing(cache: FeatureCache, manifest: Manifest) -> None:
     enc = TinyEncoder()
     cached = cache.get_or_build(enc, manifest, {"max_seconds": 0.5}, batch_size=4, progress=False)
