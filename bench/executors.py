@@ -11,7 +11,8 @@ inline: one run after another in this process (the library default; sees in-proc
 
 local: N spawned worker processes. 'spawn', so that each sets OMP/MKL/OpenBLAS threads (and
 CUDA_VISIBLE_DEVICES) before it imports torch, which sizes its thread pool at start-up; each gets
-max(1, cores // N) threads. Workers share the feature cache safely: FeatureCache holds a per-key
+max(1, cores // N) threads, or fewer where the user set OMP_NUM_THREADS (a cap, so a sweep on a
+shared machine uses no more threads than asked). Workers share the feature cache safely: FeatureCache holds a per-key
 flock while it builds an entry and publishes it by one rename, so a key is built once and never
 read half-written.
 
@@ -106,6 +107,24 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def user_thread_cap() -> int | None:
+    """OMP_NUM_THREADS from the environment as a positive int, or None when unset.
+
+    Raises a ConfigError for a value torch would reject later in every worker."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ConfigError(f"OMP_NUM_THREADS={value!r} in the environment: it must be a positive "
+                          "integer (the most threads each run may use); unset it to let the "
+                          "sweep give each worker cores // workers threads")
+    return cap
+
+
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -173,6 +192,9 @@ class LocalExecutor:
             workers = per_device * max(1, len(self.gpus))
         self.workers = workers
         self.threads = max(1, self.cores // workers)
+        cap = user_thread_cap()
+        if cap is not None and cap < self.threads:
+            self.threads = cap
 
     def _env(self, slot: int) -> dict[str, str]:
         env = thread_env(self.threads)

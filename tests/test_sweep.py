@@ -272,7 +272,8 @@ records: {records}
     assert [r["status"] for r in read_records(records)] == ["ok"]
 
 
-def test_local_executor_concurrency_and_threads():
+def test_local_executor_concurrency_and_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert (LocalExecutor(cores=8, gpus=[]).workers, LocalExecutor(cores=8, gpus=[]).threads) == (8, 1)
     cpu = LocalExecutor(runs_per_device=2, cores=8, gpus=[])
     assert (cpu.workers, cpu.threads) == (2, 4)
@@ -280,6 +281,17 @@ def test_local_executor_concurrency_and_threads():
     assert (gpu.workers, gpu.threads) == (6, 2)
     assert [gpu._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "1", "0", "1"]
     assert LocalExecutor(workers=3, runs_per_device=5, cores=2, gpus=[]).threads == 1
+
+    # A user's OMP_NUM_THREADS caps each worker's threads; it never raises them.
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert LocalExecutor(runs_per_device=1, cores=8, gpus=[]).threads == 3
+    assert LocalExecutor(runs_per_device=2, cores=8, gpus=[]).threads == 3
+    assert LocalExecutor(runs_per_device=4, cores=8, gpus=[]).threads == 2
+    assert LocalExecutor(runs_per_device=1, cores=8, gpus=[])._env(0)["OMP_NUM_THREADS"] == "3"
+    for bad in ("0", "four", "-2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        with pytest.raises(ConfigError, match="OMP_NUM_THREADS"):
+            LocalExecutor(cores=8, gpus=[])
 
 
 def test_sigkilled_sweep_resumes_to_the_records_of_an_uninterrupted_one(tiny_corpus, tmp_path):
