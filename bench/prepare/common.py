@@ -1,4 +1,5 @@
-"""What every preparer shares: the bad-audio policy and its bookkeeping."""
+"""What every preparer shares: the bad-audio policy and its bookkeeping, probing files, and
+speaker-disjoint folds for corpora that define no split."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from bench.audio import AudioError, check_waveform, load_audio
+from bench.task_types import split_of_fold
 
 log = logging.getLogger("avbench.prepare")
 
@@ -124,3 +126,32 @@ def speaker_folds(speakers: Sequence[str], num_folds: int) -> dict[str, int]:
             "valid and test each need a fold, and each fold a speaker. Use between 3 and "
             f"{len(ordered)} folds.")
     return {speaker: 1 + i % num_folds for i, speaker in enumerate(ordered)}
+
+
+# The rule speaker_folds and split_of_fold(folds, 1) implement, for the manifests' meta.
+SPEAKER_FOLD_RULE = ("actors in sorted order dealt round robin to folds 1..K; split column = fold 1 test, "
+                     "fold 2 valid")
+
+
+class FoldedClip(NamedTuple):
+    path: Path
+    fields: dict[str, str]  # what the preparer parsed from the file name
+    num_samples: int
+    sample_rate: int
+    speaker: str
+    fold: int
+    split: str  # of the default fold assignment: fold 1 test, fold 2 valid, the rest train
+
+
+def probe_in_speaker_folds(clips: Sequence[tuple[Path, dict[str, str]]], speaker_of: Callable[[dict[str, str]], str],
+                           num_folds: int, bad: BadAudioLog, *, workers: int | None = None,
+                           progress: bool = True, desc: str = "probing") -> list[FoldedClip]:
+    """Probe every clip and deal its speaker into a speaker-disjoint fold, for corpora that define
+    no split. Folds are dealt over every speaker found, so a skipped file never moves a speaker to
+    another fold; clips `bad` skipped are left out (it counts them)."""
+    speakers = [speaker_of(fields) for _, fields in clips]
+    fold_of = speaker_folds(speakers, num_folds)
+    split_of = split_of_fold(range(1, num_folds + 1), 1)
+    probed = probe_files([path for path, _ in clips], bad, workers=workers, progress=progress, desc=desc)
+    return [FoldedClip(path, fields, result[0], result[1], speaker, fold_of[speaker], split_of[fold_of[speaker]])
+            for (path, fields), speaker, result in zip(clips, speakers, probed) if result is not None]

@@ -25,8 +25,7 @@ import pandas as pd
 
 from bench.manifest import write_manifest
 from bench.paths import prepared_dir
-from bench.prepare.common import BadAudioLog, CorpusLayoutError, probe_files, speaker_folds
-from bench.task_types import split_of_fold
+from bench.prepare.common import SPEAKER_FOLD_RULE, BadAudioLog, CorpusLayoutError, probe_in_speaker_folds
 
 log = logging.getLogger("avbench.prepare.cremad")
 
@@ -95,28 +94,21 @@ def prepare_cremad(root: str | Path, out_dir: str | Path | None = None, *, on_ba
     if ignored:
         log.warning("ignoring %d entr(ies) in %s that are not CREMA-D wavs, e.g. %s", len(ignored), audio, ignored[0])
 
-    fold_of = speaker_folds([fields["actor"] for _, fields in clips], folds)
-    split_of = split_of_fold(range(1, folds + 1), 1)
-    probed = probe_files([path for path, _ in clips], bad, workers=workers, progress=progress,
-                         desc=f"probing {NAME}")
-    rows = []
-    for (path, fields), result in zip(clips, probed):
-        if result is None:
-            continue
-        fold = fold_of[fields["actor"]]
-        rows.append({
-            "clip_id": path.stem, "audio_path": str(path), "label": EMOTIONS[fields["code"]],
-            "speaker": fields["actor"], "split": split_of[fold], "num_samples": result[0],
-            "sample_rate": result[1], "emotion": EMOTIONS[fields["code"]], "emotion_code": fields["code"],
-            "sentence": fields["sentence"], "intensity": LEVELS[fields["level"]], "fold": fold,
-        })
+    kept = probe_in_speaker_folds(clips, lambda fields: fields["actor"], folds, bad, workers=workers,
+                                  progress=progress, desc=f"probing {NAME}")
+    rows = [{
+        "clip_id": c.path.stem, "audio_path": str(c.path), "label": EMOTIONS[c.fields["code"]],
+        "speaker": c.speaker, "split": c.split, "num_samples": c.num_samples, "sample_rate": c.sample_rate,
+        "emotion": EMOTIONS[c.fields["code"]], "emotion_code": c.fields["code"], "sentence": c.fields["sentence"],
+        "intensity": LEVELS[c.fields["level"]], "fold": c.fold,
+    } for c in kept]
     log.info("%s: %s", NAME, bad.report())
     table = pd.DataFrame(rows, columns=COLUMNS)
     meta = {
         "name": NAME,
         "source": str(audio),
         "folds": folds,
-        "fold_rule": "actors in sorted order dealt round robin to folds 1..K; split column = fold 1 test, fold 2 valid",
+        "fold_rule": SPEAKER_FOLD_RULE,
         "emotion_codes": EMOTIONS,
         "skipped_files": bad.skipped,
         "ignored_files": ignored,

@@ -27,8 +27,7 @@ import pandas as pd
 
 from bench.manifest import write_manifest
 from bench.paths import prepared_dir
-from bench.prepare.common import BadAudioLog, CorpusLayoutError, probe_files, speaker_folds
-from bench.task_types import split_of_fold
+from bench.prepare.common import SPEAKER_FOLD_RULE, BadAudioLog, CorpusLayoutError, probe_in_speaker_folds
 
 log = logging.getLogger("avbench.prepare.ravdess")
 
@@ -117,30 +116,23 @@ def prepare_ravdess(root: str | Path, out_dir: str | Path | None = None, *, on_b
         raise CorpusLayoutError(f"{root}: no audio-only speech files (03-01-*.wav) in the actor folders"
                                 f"{' (found only ' + ', '.join(filtered) + ')' if filtered else ''}. {_fix_hint()}")
 
-    fold_of = speaker_folds([f"Actor_{fields['actor']}" for _, fields in clips], folds)
-    split_of = split_of_fold(range(1, folds + 1), 1)
-    probed = probe_files([path for path, _ in clips], bad, workers=workers, progress=progress,
-                         desc=f"probing {NAME}")
-    rows = []
-    for (path, fields), result in zip(clips, probed):
-        if result is None:
-            continue
-        speaker = f"Actor_{fields['actor']}"
-        rows.append({
-            "clip_id": path.stem, "audio_path": str(path), "label": EMOTIONS[fields["emotion"]],
-            "speaker": speaker, "split": split_of[fold_of[speaker]], "num_samples": result[0],
-            "sample_rate": result[1], "emotion": EMOTIONS[fields["emotion"]], "emotion_code": fields["emotion"],
-            "intensity": INTENSITIES[fields["intensity"]], "statement": STATEMENTS[fields["statement"]],
-            "repetition": int(fields["repetition"]), "gender": "male" if int(fields["actor"]) % 2 else "female",
-            "fold": fold_of[speaker],
-        })
+    kept = probe_in_speaker_folds(clips, lambda fields: f"Actor_{fields['actor']}", folds, bad, workers=workers,
+                                  progress=progress, desc=f"probing {NAME}")
+    rows = [{
+        "clip_id": c.path.stem, "audio_path": str(c.path), "label": EMOTIONS[c.fields["emotion"]],
+        "speaker": c.speaker, "split": c.split, "num_samples": c.num_samples, "sample_rate": c.sample_rate,
+        "emotion": EMOTIONS[c.fields["emotion"]], "emotion_code": c.fields["emotion"],
+        "intensity": INTENSITIES[c.fields["intensity"]], "statement": STATEMENTS[c.fields["statement"]],
+        "repetition": int(c.fields["repetition"]), "gender": "male" if int(c.fields["actor"]) % 2 else "female",
+        "fold": c.fold,
+    } for c in kept]
     log.info("%s: %s", NAME, bad.report())
     table = pd.DataFrame(rows, columns=COLUMNS)
     meta = {
         "name": NAME,
         "source": str(root),
         "folds": folds,
-        "fold_rule": "actors in sorted order dealt round robin to folds 1..K; split column = fold 1 test, fold 2 valid",
+        "fold_rule": SPEAKER_FOLD_RULE,
         "emotion_codes": EMOTIONS,
         "filtered_out": filtered,
         "skipped_files": bad.skipped,
