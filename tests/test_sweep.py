@@ -225,21 +225,27 @@ pretraining: {{slow-frames-test: none}}
     assert entry["pretraining"] == {"slow-frames-test": "none"} and entry["budget"] == {"unit": "epochs", "value": 2}
 
 
-def test_a_dead_worker_is_recorded_and_replaced(tiny_corpus, tmp_path, capsys):
-    plugin = _plugin(tmp_path, "sudden-death-test", """
-    def forward(self, wav, lengths):
-        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would""")
+def _plugin_sweep(tiny_corpus, tmp_path: Path, name: str, body: str, encoders: list[str]) -> tuple[int, Path]:
+    """Run a one-worker sweep of `encoders` on the tiny corpus with plugin encoder `name` loaded."""
+    plugin = _plugin(tmp_path, name, body)
     records = tmp_path / "runs.jsonl"
     config = write_config(tmp_path / "sweep.yaml", f"""
 tasks: ["{tiny_corpus.path}"]
-encoders: [sudden-death-test, mfcc39]
+encoders: [{", ".join(encoders)}]
 train: {TRAIN}
 records: {records}
 """)
     try:
-        assert main(["-q", "--plugin", str(plugin), "sweep", str(config), "--workers", "1"]) == 1
+        return main(["-q", "--plugin", str(plugin), "sweep", str(config), "--workers", "1"]), records
     finally:
-        _REGISTRY.pop("sudden-death-test", None)
+        _REGISTRY.pop(name, None)
+
+
+def test_a_dead_worker_is_recorded_and_replaced(tiny_corpus, tmp_path, capsys):
+    rc, records = _plugin_sweep(tiny_corpus, tmp_path, "sudden-death-test", """
+    def forward(self, wav, lengths):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would""", ["sudden-death-test", "mfcc39"])
+    assert rc == 1
     assert "FAILED [1/2] sudden-death-test" in capsys.readouterr().err
     failed, ok = sorted(read_records(records), key=lambda r: r["status"])
     assert failed["status"] == "failed" and failed["encoder"] == "sudden-death-test"
@@ -251,24 +257,14 @@ def test_a_run_in_a_worker_may_start_processes_of_its_own(tiny_corpus, tmp_path)
     # The feature cache loads audio with DataLoader worker processes for corpora of 512 clips or
     # more; a daemonic sweep worker could not start them ("daemonic processes are not allowed to
     # have children"), as happened to a 3,600-clip reference sweep.
-    plugin = _plugin(tmp_path, "spawning-frames-test", """
+    rc, records = _plugin_sweep(tiny_corpus, tmp_path, "spawning-frames-test", """
     def forward(self, wav, lengths):
         import multiprocessing
         child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0.01,))
         child.start()
         child.join()
-        return self.frames(wav, lengths)""")
-    records = tmp_path / "runs.jsonl"
-    config = write_config(tmp_path / "sweep.yaml", f"""
-tasks: ["{tiny_corpus.path}"]
-encoders: [spawning-frames-test]
-train: {TRAIN}
-records: {records}
-""")
-    try:
-        assert main(["-q", "--plugin", str(plugin), "sweep", str(config), "--workers", "1"]) == 0
-    finally:
-        _REGISTRY.pop("spawning-frames-test", None)
+        return self.frames(wav, lengths)""", ["spawning-frames-test"])
+    assert rc == 0
     assert [r["status"] for r in read_records(records)] == ["ok"]
 
 
