@@ -575,11 +575,7 @@ class FeatureCache:
         if not self.root.is_dir():
             return None
         same = _canonical({k: v for k, v in inputs.items() if k != "manifest_id"})
-        table = manifest.table
-        wanted = dict(zip(table["clip_id"].astype(str),
-                          zip((str(manifest.resolve(p)) for p in table["audio_path"].astype(str)),
-                              table["num_samples"].astype(np.int64).tolist(),
-                              table["sample_rate"].astype(np.int64).tolist())))
+        wanted: dict[str, tuple[str, int, int]] | None = None  # built for the first candidate only
         for meta_path in sorted(self.root.glob(f"*/{META_NAME}")):
             try:
                 meta = json.loads(meta_path.read_text())
@@ -587,8 +583,10 @@ class FeatureCache:
                 continue
             if (meta.get("key") != meta_path.parent.name or meta.get("manifest_id") == inputs["manifest_id"]
                     or _canonical({k: meta.get(k) for k in inputs if k != "manifest_id"}) != same
-                    or int(meta.get("num_clips", 0)) < len(wanted)):
+                    or int(meta.get("num_clips", 0)) < len(manifest.table)):
                 continue
+            if wanted is None:
+                wanted = _clip_sources(manifest)
             built_at = meta_path.stat().st_mtime - float(meta.get("build_seconds", 0.0))
             if self._covers(meta, wanted, built_at):
                 try:
@@ -605,17 +603,11 @@ class FeatureCache:
         try:
             if file_sha256(donor_path)[:16] != meta["manifest_id"]:
                 return False  # rewritten since: its rows no longer say which audio was encoded
-            donor = read_manifest(donor_path)
+            held = _clip_sources(read_manifest(donor_path))
         except (OSError, ManifestError):
             return False
-        t = donor.table
-        held = dict(zip(t["clip_id"].astype(str),
-                        zip((str(donor.resolve(p)) for p in t["audio_path"].astype(str)),
-                            t["num_samples"].astype(np.int64).tolist(),
-                            t["sample_rate"].astype(np.int64).tolist())))
-        for clip_id, source in wanted.items():
-            if held.get(clip_id) != source:
-                return False
+        if any(held.get(clip_id) != source for clip_id, source in wanted.items()):
+            return False
         try:
             return all(os.stat(path).st_mtime <= built_at for path, _, _ in wanted.values())
         except OSError:
@@ -805,6 +797,15 @@ class _ShardWriter:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+def _clip_sources(manifest: "Manifest") -> dict[str, tuple[str, int, int]]:
+    """clip id -> (resolved audio path, num_samples, sample_rate): the audio each clip's features
+    are computed from, as far as the manifest says."""
+    t = manifest.table
+    return dict(zip(t["clip_id"].astype(str),
+                    zip((str(manifest.resolve(p)) for p in t["audio_path"].astype(str)),
+                        t["num_samples"].astype(np.int64).tolist(), t["sample_rate"].astype(np.int64).tolist())))
 
 
 def _canonical(value: Any) -> str:

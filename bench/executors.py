@@ -12,9 +12,9 @@ inline: one run after another in this process (the library default; sees in-proc
 local: N spawned worker processes. 'spawn', so that each sets OMP/MKL/OpenBLAS threads (and
 CUDA_VISIBLE_DEVICES) before it imports torch, which sizes its thread pool at start-up; each gets
 max(1, cores // N) threads, or fewer where the user set OMP_NUM_THREADS (a cap, so a sweep on a
-shared machine uses no more threads than asked). Workers share the feature cache safely: FeatureCache holds a per-key
-flock while it builds an entry and publishes it by one rename, so a key is built once and never
-read half-written.
+shared machine uses no more threads than asked). Workers share the feature cache safely:
+FeatureCache holds a per-key flock while it builds an entry and publishes it by one rename, so a
+key is built once and never read half-written.
 
 ray: each run a Ray task declaring `cpus_per_run` CPUs and `gpus_per_run` GPUs, on the cluster at
 `address` or on a Ray instance started here. On a cluster, every node needs avbench (and any

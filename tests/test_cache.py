@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import pickle
 import time
 from pathlib import Path
@@ -242,7 +243,6 @@ def test_features_are_recomputed_unless_a_donor_provably_holds_them(
         wav, sr = sf.read(path, dtype="float32")
         sf.write(path, wav[::-1].copy(), sr, subtype="FLOAT")
         later = time.time() + 5
-        import os
         os.utime(path, (later, later))
     elif change == "donor manifest rewritten":  # no longer says which audio the donor encoded
         with open(donor.meta["manifest_path"], "a") as fh:
