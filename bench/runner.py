@@ -131,6 +131,10 @@ def config_hash(config: RunConfig, manifest_id: str, checkpoint_hash: str | None
         if settings[name] == default:
             del settings[name]
     payload = {"config": settings, "manifest_id": manifest_id, "checkpoint_hash": checkpoint_hash}
+    if config.mode == "scratch":
+        # Scratch runs once reset every layer to torch's default init, overriding the encoder's own
+        # (kaiming fan-out for the ResNet); runs from its own initialiser are new runs.
+        payload["init"] = "encoder"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -167,13 +171,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def _reinitialise(module: nn.Module, seed: int) -> None:
-    torch.manual_seed(seed)
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
 
 
 class _EncoderClassifier(nn.Module):
@@ -404,11 +401,12 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
                                       "run needs train, valid and test clips.")
 
         def make_encoder():
-            enc = create_encoder(encoder_name, checkpoint=checkpoint if config.mode != "scratch" else None,
-                                 **config.encoder_kwargs)
-            if config.mode == "scratch":
-                _reinitialise(enc, config.seed)
-            return enc
+            # Weights not loaded from a checkpoint come from the encoder's own initialiser, drawn under
+            # the run's seed: the same seed gives the same random network in any process and after any
+            # earlier run in a worker, so its features are shared through the cache across tasks.
+            torch.manual_seed(config.seed)
+            return create_encoder(encoder_name, checkpoint=checkpoint if config.mode != "scratch" else None,
+                                  **config.encoder_kwargs)
 
         encoder = make_encoder()
         if config.mode != "frozen" and count_parameters(encoder) == 0:

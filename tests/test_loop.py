@@ -123,6 +123,47 @@ def test_finetune_and_scratch_train_the_encoder(tiny_corpus, tmp_path, conv_enco
         _config(tiny_corpus, encoder=f"{conv_encoder}@x.pt", mode="scratch")
 
 
+def test_a_random_encoder_is_the_same_network_for_a_seed_whatever_ran_before(tiny_corpus, tmp_path, conv_encoder):
+    config = _config(tiny_corpus, encoder=conv_encoder, mode="frozen", epochs=1)
+    first = run_experiment(config, tmp_path / "a.jsonl", progress=False)
+    torch.rand(17)  # an earlier run in the same worker leaves the global generator elsewhere
+    second = run_experiment(config, tmp_path / "b.jsonl", progress=False)
+    # Same weights, so the same cache entry: the random network is not encoded twice.
+    assert second["counters"] == {"encoder_forward_clips": 0, "cache_hits": 1, "cache_misses": 0}
+    assert second["test_acc"] == first["test_acc"]
+    assert [h["train_loss"] for h in second["history"]] == [h["train_loss"] for h in first["history"]]
+    other_seed = run_experiment(_config(tiny_corpus, encoder=conv_encoder, mode="frozen", epochs=1, seed=4),
+                                tmp_path / "c.jsonl", progress=False)
+    assert other_seed["counters"]["cache_misses"] == 1
+
+
+def test_scratch_starts_from_the_encoders_own_initialiser(tiny_corpus, tmp_path, monkeypatch):
+    import bench.runner
+
+    class ConstantInit(Encoder):
+        frame_rate, dim = 100.0, 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(1, 4, kernel_size=400, stride=160, padding=200)
+            nn.init.constant_(self.conv.weight, 0.5)  # an init torch's default reset would replace
+
+        def forward(self, wav, lengths):
+            return self.conv(wav[:, None]).transpose(1, 2), self.output_lengths(lengths)
+
+    built = []
+    create = bench.runner.create_encoder
+    monkeypatch.setattr(bench.runner, "create_encoder", lambda *a, **kw: built.append(create(*a, **kw)) or built[-1])
+    register_encoder("constant-init-test")(ConstantInit)
+    try:
+        # An encoder lr so small that Adam's steps (about lr each) leave the weights where they began.
+        run_experiment(_config(tiny_corpus, encoder="constant-init-test", mode="scratch", epochs=1, encoder_lr=1e-12),
+                       tmp_path / "runs.jsonl", progress=False)
+    finally:
+        _REGISTRY.pop("constant-init-test", None)
+    torch.testing.assert_close(built[0].conv.weight.detach(), torch.full((4, 1, 400), 0.5), atol=1e-9, rtol=0)
+
+
 def test_bad_run_settings_name_the_field():
     with pytest.raises(ConfigError, match="mode must be one of"):
         RunConfig.from_dict({"encoder": "mfcc39", "task": "x", "mode": "thaw"})
