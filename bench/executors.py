@@ -43,13 +43,17 @@ log = logging.getLogger("avbench.executors")
 
 Job = dict[str, Any]  # {"index": int, "label": str, "config": dict of RunConfig fields}
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Measured on 2 cores: the logmel paper-protocol epoch (225 s against a median 122 s) and loop_benchmark (1.95x).
+PASSIVE_COST = "1.8-2x"
 
 
 def thread_env(threads: int) -> dict[str, str]:
     """Environment for a run process with `threads` compute threads (set before torch is imported).
 
     Idle OpenMP threads sleep rather than spin: on a machine shared with other jobs, spinning made
-    a 2-thread BiGRU epoch take 5.9-29 s against 1.4 s with 1 thread; sleeping, 1.7-2.1 s.
+    a 2-thread BiGRU epoch take 5.9-29 s against 1.4 s with 1 thread; sleeping, 1.7-2.1 s. The
+    price on a machine the sweep has alone is PASSIVE_COST (the BiGRU's many small parallel regions
+    each wait for a sleeping thread to wake), so the user's own OMP_WAIT_POLICY wins.
     """
     return {**dict.fromkeys(THREAD_VARS, str(threads)), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
@@ -227,6 +231,10 @@ class LocalExecutor:
             slots = [start(i) for i in range(min(self.workers, len(pending)))]
             log.info("local executor: %d worker(s), %d thread(s) each%s", len(slots), self.threads,
                      f", GPUs {','.join(self.gpus)}" if self.gpus else "")
+            if self.threads > 1 and "OMP_WAIT_POLICY" not in os.environ:
+                log.info("idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, safe beside other jobs); on a machine "
+                         "this sweep has to itself, OMP_WAIT_POLICY=ACTIVE trains a multi-thread BiGRU run "
+                         "about %s faster", PASSIVE_COST)
             while True:
                 for i, slot in enumerate(slots):
                     if slot["job"] is None and pending:

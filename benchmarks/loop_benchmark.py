@@ -6,6 +6,10 @@
 2. Training throughput (clips/s) for 100 Hz x 39-d (mfcc39) and 25 Hz x 512-d (the proposed
    encoder's shape) at batch 32 and 128, and the achieved GFLOP/s of the BiGRU against this
    machine's measured fp32 matrix-product rate.
+3. OpenMP wait policy: the same training step at 2 threads, 100 Hz x 80-d (logmel), with idle
+   threads sleeping (PASSIVE, what sweep workers get unless OMP_WAIT_POLICY is set) against
+   spinning (ACTIVE). Each policy runs in a fresh process: libgomp reads it once, at start.
+   The sections above run under this process's own policy (libgomp's default unless set).
 
 Usage: python benchmarks/loop_benchmark.py [--corpus small|default|PATH] [--clips N]
 """
@@ -13,12 +17,15 @@ Usage: python benchmarks/loop_benchmark.py [--corpus small|default|PATH] [--clip
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from bench.cache import FeatureCache
 from bench.corpus.build import CorpusConfig, build_corpus, find_corpus
@@ -92,12 +99,25 @@ def synthetic_throughput(frames: int, dim: int, batch: int, steps: int) -> float
     return batch * steps / (time.perf_counter() - start)
 
 
+def wait_policy_throughput(policy: str, threads: int) -> float:
+    """Training clips/s (100 Hz x 80, batch 32) in a fresh process under OMP_WAIT_POLICY=policy."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": policy}
+    done = subprocess.run([sys.executable, __file__, "--probe"], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"wait-policy probe ({policy}) failed:\n{done.stderr}")
+    return float(done.stdout.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", default="small")
     parser.add_argument("--clips", type=int, default=256, help="training clips in the overhead epoch")
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # section 3's child process
     args = parser.parse_args()
     flush_denormals()  # as every avbench run does, before torch starts its threads
+    if args.probe:
+        print(synthetic_throughput(101, 80, 32, steps=10))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peak = gemm_gflops()
     print(f"fp32 matrix product (1024^3): {peak:.1f} GFLOP/s")
@@ -128,6 +148,14 @@ def main() -> None:
             gflops = rate * bigru_train_gflop_per_clip(frames, dim)
             print(f"train throughput {label}, batch {batch}: {rate:.1f} clips/s, "
                   f"{gflops:.1f} GFLOP/s ({100 * gflops / peak:.0f}% of the matrix-product rate)")
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2:
+        print("OpenMP wait policy: skipped, one core (a single thread never waits for another)")
+        return
+    passive, active = wait_policy_throughput("PASSIVE", 2), wait_policy_throughput("ACTIVE", 2)
+    print(f"OpenMP wait policy, 2 threads, 100 Hz x 80 (logmel), batch 32: PASSIVE {passive:.1f} clips/s, "
+          f"ACTIVE {active:.1f} clips/s = {active / passive:.2f}x (sweep workers sleep unless OMP_WAIT_POLICY is set)")
 
 
 if __name__ == "__main__":
