@@ -31,6 +31,7 @@ from bench.cache import FeatureCache
 from bench.corpus.build import CorpusConfig, build_corpus, find_corpus
 from bench.data import CachedFeatureDataset, pad_collate
 from bench.downstream import BiGRUClassifier
+from bench.executors import thread_env, usable_cores
 from bench.registry import create_encoder
 from bench.runner import flush_denormals
 
@@ -101,7 +102,7 @@ def synthetic_throughput(frames: int, dim: int, batch: int, steps: int) -> float
 
 def wait_policy_throughput(policy: str, threads: int) -> float:
     """Training clips/s (100 Hz x 80, batch 32) in a fresh process under OMP_WAIT_POLICY=policy."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": policy}
+    env = {**os.environ, **thread_env(threads), "OMP_WAIT_POLICY": policy}  # a sweep worker's, policy aside
     done = subprocess.run([sys.executable, __file__, "--probe"], env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"wait-policy probe ({policy}) failed:\n{done.stderr}")
@@ -149,8 +150,7 @@ def main() -> None:
             print(f"train throughput {label}, batch {batch}: {rate:.1f} clips/s, "
                   f"{gflops:.1f} GFLOP/s ({100 * gflops / peak:.0f}% of the matrix-product rate)")
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2:
+    if usable_cores() < 2:
         print("OpenMP wait policy: skipped, one core (a single thread never waits for another)")
         return
     passive, active = wait_policy_throughput("PASSIVE", 2), wait_policy_throughput("ACTIVE", 2)
