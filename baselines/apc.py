@@ -45,7 +45,7 @@ from torch import nn
 from baselines import kaldi
 from bench.checkpoints import load_published_checkpoint
 from bench.errors import ConfigError
-from bench.pretext import Pretext, PretextContext, register_pretext
+from bench.pretrain.objective import Pretext, PretextContext, register_pretext
 from bench.registry import Encoder, load_state_exactly, register_encoder
 
 log = logging.getLogger("avbench.apc")

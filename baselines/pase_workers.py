@@ -65,7 +65,7 @@ from torch import nn
 
 from baselines import functional as AF
 from bench.errors import ConfigError
-from bench.pretext import Pretext, PretextContext, register_pretext
+from bench.pretrain.objective import Pretext, PretextContext, register_pretext
 
 log = logging.getLogger("avbench.pase")
 
@@ -398,7 +398,7 @@ class Contamination:
 
     def _load_noises(self) -> list[torch.Tensor]:
         if self._noises is None:
-            from bench.audio import load_audio
+            from bench.data.audio import load_audio
 
             self._noises = [torch.from_numpy(load_audio(p)) for p in self.noise_sources]
         return self._noises

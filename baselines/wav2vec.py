@@ -55,7 +55,7 @@ from torch import nn
 from baselines.functional import length_mask
 from bench.checkpoints import load_published_checkpoint
 from bench.errors import ConfigError
-from bench.pretext import Pretext, PretextContext, register_pretext
+from bench.pretrain.objective import Pretext, PretextContext, register_pretext
 from bench.registry import Encoder, load_state_exactly, register_encoder
 
 __all__ = ["Wav2Vec", "Wav2VecLarge", "Wav2VecPretext", "Wav2VecPredictions", "parse_conv_layers",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench.errors import ConfigError
-from bench.manifest import atomic_write_bytes
+from bench.files import atomic_write_bytes
 
 
 def _numpy_data_globals() -> list[Any]:

@@ -18,7 +18,7 @@ def _add_bad_audio(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_corpus_build(args: argparse.Namespace) -> int:
-    from bench.corpus.build import CorpusConfig, build_corpus, summary_text
+    from bench.data.corpus.build import CorpusConfig, build_corpus, summary_text
 
     overrides = {k: getattr(args, k) for k in ("speakers", "words", "renditions", "seed", "reverb_prob")
                  if getattr(args, k) is not None}
@@ -30,15 +30,15 @@ def _cmd_corpus_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_corpus_info(args: argparse.Namespace) -> int:
-    from bench.corpus.build import find_corpus, summary_text
+    from bench.data.corpus.build import find_corpus, summary_text
 
     print(summary_text(find_corpus(args.path)))
     return 0
 
 
 def _cmd_corpus_check(args: argparse.Namespace) -> int:
-    from bench.corpus.build import find_corpus
-    from bench.corpus.checks import mouth_audio_correlation, nearest_centroid_accuracy
+    from bench.data.corpus.build import find_corpus
+    from bench.data.corpus.checks import mouth_audio_correlation, nearest_centroid_accuracy
 
     corpus = find_corpus(args.path)
     corr = mouth_audio_correlation(corpus, max_clips=args.max_clips)
@@ -53,8 +53,8 @@ def _cmd_corpus_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_spc(args: argparse.Namespace) -> int:
-    from bench.manifest import read_manifest, summarize
-    from bench.prepare.spc import prepare_spc
+    from bench.data.manifest import read_manifest, summarize
+    from bench.data.prepare.spc import prepare_spc
 
     path = prepare_spc(args.path, out_dir=args.out, on_bad_audio=args.on_bad_audio,
                        progress=not args.quiet)
@@ -63,8 +63,8 @@ def _cmd_prepare_spc(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_lrw(args: argparse.Namespace) -> int:
-    from bench.manifest import read_manifest, summarize
-    from bench.prepare.lrw import prepare_lrw
+    from bench.data.manifest import read_manifest, summarize
+    from bench.data.prepare.lrw import prepare_lrw
 
     path = prepare_lrw(args.path, out_dir=args.out, on_bad_audio=args.on_bad_audio,
                        head_pose=args.head_pose, max_pose_deg=args.max_pose,
@@ -77,9 +77,9 @@ def _cmd_prepare_speech(args: argparse.Namespace) -> int:
     """voxceleb1, cremad, ravdess, iemocap: the same flow, different preparer and options."""
     import importlib
 
-    from bench.manifest import read_manifest, summarize
+    from bench.data.manifest import read_manifest, summarize
 
-    module = importlib.import_module(f"bench.prepare.{args.corpus}")
+    module = importlib.import_module(f"bench.data.prepare.{args.corpus}")
     options = {k: getattr(args, k) for k in ("folds", "trials") if getattr(args, k, None) is not None}
     path = getattr(module, f"prepare_{args.corpus}")(args.path, out_dir=args.out, on_bad_audio=args.on_bad_audio,
                                                      progress=not args.quiet, **options)
@@ -88,7 +88,7 @@ def _cmd_prepare_speech(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_show(args: argparse.Namespace) -> int:
-    from bench.manifest import read_manifest, summarize
+    from bench.data.manifest import read_manifest, summarize
 
     print(summarize(read_manifest(args.path)))
     return 0
@@ -149,7 +149,7 @@ def _key_values(pairs: list[str] | None, flag: str) -> dict:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from bench.paths import data_dir
-    from bench.pretrain import PretrainConfig, pretrain
+    from bench.pretrain.loop import PretrainConfig, pretrain
 
     config = PretrainConfig(
         encoder=args.name, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
@@ -173,7 +173,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import RunConfig, run_experiment
+    from bench.evaluate.run import RunConfig, run_experiment
 
     settings = {"encoder": args.encoder, "task": args.task, "mode": args.mode, "seed": args.seed,
                 "label_fraction": args.label_fraction, "checkpoint": args.checkpoint,
@@ -203,9 +203,9 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.executors import LocalExecutor, RayExecutor
-    from bench.sweep import dry_run_report, load_sweep, run_sweep
-    from bench.tables import write_tables
+    from bench.sweep.executors import LocalExecutor, RayExecutor
+    from bench.sweep.plan import dry_run_report, load_sweep, run_sweep
+    from bench.results.tables import write_tables
 
     sweep = load_sweep(args.config)
     if args.records is not None:
@@ -229,7 +229,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:
-    from bench.tables import write_tables
+    from bench.results.tables import write_tables
 
     if not Path(args.records).is_file():
         print(f"avbench: error: {args.records}: no run records yet. Run `avbench run` or `avbench sweep` first.",
@@ -407,15 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     """avbench: a benchmark harness for speech representations."""
     args = build_parser().parse_args(argv)
     if args.command in ("run", "sweep", "pretrain"):
-        from bench.runner import flush_denormals
+        from bench.runtime import flush_denormals
 
         flush_denormals()  # before torch's thread pool exists, so every worker thread inherits it
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from bench.audio import AudioError
+    from bench.data.audio import AudioError
     from bench.errors import ConfigError
-    from bench.manifest import ManifestError
-    from bench.prepare.common import CorpusLayoutError
+    from bench.data.manifest import ManifestError
+    from bench.data.prepare.common import CorpusLayoutError
 
     try:
         for plugin in args.plugin:

@@ -11,7 +11,7 @@ model. It prints:
       and read throughput for sequential and random clip order, with the shards dropped from the
       page cache first (cold, from disk) and again once they are cached (warm);
   (b) peak RSS (VmHWM) of a fresh reader process that reads every clip in random order, next to
-      the cache size and the budget. The bench.cache reader runs under RLIMIT_AS = budget, so
+      the cache size and the budget. The bench.data.feature_cache reader runs under RLIMIT_AS = budget, so
       going over it would fail rather than pass unnoticed; np.memmap of the same shards is
       measured for comparison (no limit: its mapping alone exceeds the budget).
 
@@ -76,7 +76,7 @@ def make_manifest(folder: Path, clips: int):
     import pandas as pd
     import soundfile as sf
 
-    from bench.manifest import read_manifest, write_manifest
+    from bench.data.manifest import read_manifest, write_manifest
 
     rng = np.random.default_rng(0)
     (folder / "audio").mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def read_child(entry: str, mode: str, order: str, limit_bytes: int) -> None:
     """Run in a fresh interpreter: read every clip once, print a JSON line of figures."""
     if limit_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-    from bench.cache import CachedFeatures
+    from bench.data.feature_cache import CachedFeatures
 
     before = vm_status()
     cached = CachedFeatures.open(entry)
@@ -181,8 +181,8 @@ def main() -> None:
 
     import logging
 
-    import bench.audio  # noqa: F401  (scipy's import, seconds, stays out of the first timing)
-    from bench.cache import FeatureCache
+    import bench.data.audio  # noqa: F401  (scipy's import, seconds, stays out of the first timing)
+    from bench.data.feature_cache import FeatureCache
 
     logging.basicConfig(level=logging.WARNING)
     clip_bytes = (CLIP_SAMPLES // int(16_000 / FRAME_RATE) + 1) * DIM * 2
@@ -209,7 +209,7 @@ def main() -> None:
         entry = cached.path
         cached.close()
 
-        print("\n    read throughput, one fresh reader process per line, bench.cache (os.preadv):")
+        print("\n    read throughput, one fresh reader process per line, bench.data.feature_cache (os.preadv):")
         results = {}
         for order in ("sequential", "random"):
             for temp in ("cold", "warm"):
@@ -224,14 +224,14 @@ def main() -> None:
         print(f"\n(b) peak RSS reading all {clips} clips in random order, cache {size / 1e9:.2f} GB = "
               f"{size / budget:.1f}x the {args.budget_mb:.0f} MB budget")
         r = run_reader(entry, "pread", "random", limit_bytes=budget)
-        print(f"    bench.cache, RLIMIT_AS={budget / MB:.0f} MB: peak RSS {r['VmHWM'] / MB:6.1f} MB "
+        print(f"    bench.data.feature_cache, RLIMIT_AS={budget / MB:.0f} MB: peak RSS {r['VmHWM'] / MB:6.1f} MB "
               f"(after imports {r['baseline_rss'] / MB:.1f} MB), peak address space "
               f"{r['VmPeak'] / MB:.1f} MB, {r['seconds']:.1f} s")
         m = run_reader(entry, "memmap", "random")
         print(f"    np.memmap, no limit:          peak RSS {m['VmHWM'] / MB:6.1f} MB "
               f"(after imports {m['baseline_rss'] / MB:.1f} MB), {m['seconds']:.1f} s")
         ok = r["VmHWM"] <= budget
-        print(f"    bench.cache reader {'stays within' if ok else 'EXCEEDS'} the budget: "
+        print(f"    bench.data.feature_cache reader {'stays within' if ok else 'EXCEEDS'} the budget: "
               f"{r['VmHWM'] / size:.1%} of the cache size resident at peak")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from bench.registry import count_parameters, create_encoder, encoder_entry, list_encoders
-from bench.runner import flush_denormals
+from bench.runtime import flush_denormals
 
 
 def main() -> None:

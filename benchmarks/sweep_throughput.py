@@ -28,11 +28,12 @@ def main() -> None:
     parser.add_argument("--packing", default="1,2,4", help="comma-separated runs per device")
     args = parser.parse_args()
 
-    from bench.corpus.build import CorpusConfig, build_corpus
-    from bench.executors import LocalExecutor, usable_cores
+    from bench.data.corpus.build import CorpusConfig, build_corpus
+    from bench.sweep.executors import LocalExecutor, usable_cores
     from bench.records import read_records
-    from bench.runner import flush_denormals, run_experiment
-    from bench.sweep import load_sweep, run_sweep
+    from bench.evaluate.run import run_experiment
+    from bench.runtime import flush_denormals
+    from bench.sweep.plan import load_sweep, run_sweep
 
     flush_denormals()
     corpus = build_corpus(CorpusConfig.from_size("small", speakers=8, words=3, renditions=2), progress=False)

@@ -37,7 +37,7 @@ re-done here in two lines each, on the 400-sample window of the spectral feature
 
 Cache. Targets are computed ONCE per manifest, not per step: `AttributeTargets` is written as a
 pseudo-encoder (no weights, `config()` = the target settings + TARGET_VERSION) so that the
-feature cache of `bench.cache` stores them, with its locking, atomic rename and corruption checks:
+feature cache of `bench.data.feature_cache` stores them, with its locking, atomic rename and corruption checks:
 `data_dir()/cache/targets/<key>/` holds the raw (unstandardised) targets of every clip of the
 manifest, all splits, manifest row order, float16 [frames, 97] concatenated over clips, plus the
 index (offsets, frame counts). The key is the cache's sha256 over (config, TARGET_VERSION inside
@@ -80,11 +80,12 @@ from torch import nn
 from baselines import functional as AF
 from baselines import spectral
 from baselines.pase_workers import pitch
-from bench.cache import CachedFeatures, FeatureCache
+from bench.data.feature_cache import CachedFeatures, FeatureCache
 from bench.errors import ConfigError
-from bench.manifest import Manifest, atomic_write_bytes
+from bench.data.manifest import Manifest
+from bench.files import atomic_write_bytes
 from bench.paths import data_dir
-from bench.pretext import CropInfo, Pretext, PretextContext
+from bench.pretrain.objective import CropInfo, Pretext, PretextContext
 from encoders.resnet1d import HOP, ResNet18Audio
 
 log = logging.getLogger("avbench.attributes")
@@ -115,7 +116,7 @@ def subframe_centres(k: int | torch.Tensor) -> torch.Tensor:
 class AttributeTargets(nn.Module):
     """Waveform [B, T] -> raw attribute targets [B, K, 97] at 25 Hz and their frame counts [B].
 
-    A pseudo-encoder for `bench.cache.FeatureCache` (name, sample_rate, frame_rate, dim, config,
+    A pseudo-encoder for `bench.data.feature_cache.FeatureCache` (name, sample_rate, frame_rate, dim, config,
     forward(wav, lengths)); it has no weights. Columns: `self.slices[attribute]`; names:
     `self.names`. Values are raw (not standardised); frames beyond each clip's count are zero,
     and padding beyond `lengths` does not change valid frames.

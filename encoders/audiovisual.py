@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.pretext import CropInfo, Pretext, PretextContext, register_pretext
+from bench.pretrain.objective import CropInfo, Pretext, PretextContext, register_pretext
 from bench.registry import register_encoder
 from encoders.attributes import AttributePretext, attribute_pretext
 from encoders.resnet1d import HOP, STAGE_CHANNELS, ResNet1dEncoder

@@ -38,7 +38,7 @@ from torch import nn
 from baselines.functional import length_mask
 from baselines.spectral import LogMel
 from bench.errors import ConfigError
-from bench.pretext import PretextContext, register_pretext
+from bench.pretrain.objective import PretextContext, register_pretext
 from bench.registry import Encoder, register_encoder
 from encoders.visual import VisualPretext
 

@@ -81,11 +81,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.functional import length_mask
-from bench.audio import load_audio
+from bench.data.audio import load_audio
 from bench.errors import ConfigError
-from bench.manifest import Manifest, atomic_write_bytes
-from bench.mouth_frames import SAMPLES_PER_FRAME, MouthFrameSource, evenly_spaced_rows, first_video_frames
-from bench.pretext import CropInfo, Pretext, PretextContext
+from bench.data.manifest import Manifest
+from bench.files import atomic_write_bytes
+from bench.data.mouth_frames import SAMPLES_PER_FRAME, MouthFrameSource, evenly_spaced_rows, first_video_frames
+from bench.pretrain.objective import CropInfo, Pretext, PretextContext
 from bench.registry import Encoder
 
 __all__ = ["SpeechDrivenGenerator", "FrameDiscriminator", "SequenceDiscriminator", "VisualPretext",
@@ -425,7 +426,7 @@ class VisualPretext(Pretext):
                 frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real frames [B, frames, S, S], stills [B, S, S] and valid [B, frames] of a batch of crops.
 
-        Encoder frame k of crop b is video frame starts[b] // 640 + k of its clip (bench.mouth_frames);
+        Encoder frame k of crop b is video frame starts[b] // 640 + k of its clip (bench.data.mouth_frames);
         it is valid when the encoder produced it (k < out_lengths[b]) and the video has it.
         """
         if len(info.rows) != len(out_lengths):

@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from bench.corpus.build import CorpusConfig, build_corpus
+from bench.data.corpus.build import CorpusConfig, build_corpus
 
 # As the CLI does: before torch creates its thread pool, so every worker thread inherits it
-# (see bench.runner.flush_denormals).
+# (see bench.runtime.flush_denormals).
 torch.set_flush_denormal(True)
 
 # Few enough clips that a training epoch takes about a second: 6 train, 1 valid, 1 test speaker.

@@ -20,7 +20,7 @@ import torch
 from baselines import kaldi
 from baselines.apc import APC, APCPretext, apc_pretext
 from bench.errors import ConfigError
-from bench.pretext import PretextContext, pretext_factory
+from bench.pretrain.objective import PretextContext, pretext_factory
 from bench.registry import count_parameters, create_encoder, list_encoders
 
 SR = 16_000

@@ -8,11 +8,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from bench.audio import load_audio
+from bench.data.audio import load_audio
 from bench.errors import ConfigError
-from bench.manifest import read_manifest, write_manifest
+from bench.data.manifest import read_manifest, write_manifest
 from bench.paths import data_dir
-from bench.pretext import CropInfo, PretextContext
+from bench.pretrain.objective import CropInfo, PretextContext
 from encoders.attributes import (HOP, PROSODY, AttributePretext, AttributeTargets, attribute_pretext,
                                  corpus_statistics, subframe_centres, target_cache_key)
 from encoders.resnet1d import ResNet18Audio, ResNet1dEncoder

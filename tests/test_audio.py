@@ -1,4 +1,4 @@
-"""bench.audio: every way a file can be bad fails with an AudioError that names the file."""
+"""bench.data.audio: every way a file can be bad fails with an AudioError that names the file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.audio import TARGET_SAMPLE_RATE, AudioError, audio_info, check_waveform, load_audio, resample
+from bench.data.audio import TARGET_SAMPLE_RATE, AudioError, audio_info, check_waveform, load_audio, resample
 
 
 def tone(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.errors import ConfigError
-from bench.pretrain import PretrainConfig, pretrain
+from bench.pretrain.loop import PretrainConfig, pretrain
 from bench.registry import count_parameters, create_encoder, list_encoders
 
 SMALL_RESNET = {"stage_channels": [8, 8, 16, 16]}
@@ -58,7 +58,7 @@ def test_joint_weights_are_checked(tiny_corpus, tmp_path):
 
 
 def test_the_joint_objective_hides_the_nested_discriminators_from_the_loop_and_ddp(tiny_corpus):
-    from bench.pretext import PretextContext, hidden_parameter_names, pretext_factory
+    from bench.pretrain.objective import PretextContext, hidden_parameter_names, pretext_factory
 
     enc = create_encoder("av-joint", **SMALL_RESNET)
     joint = pretext_factory("av-joint")(enc, PretextContext(manifest=tiny_corpus.manifest),
@@ -74,7 +74,7 @@ def test_the_joint_objective_hides_the_nested_discriminators_from_the_loop_and_d
                                                  ("av-joint", SMALL_RESNET), ("logmel-l1", {"channels": [16, 32]})])
 def test_each_pretrained_variant_fine_tunes_from_its_checkpoint(name, encoder_kwargs, tiny_corpus, tmp_path):
     from bench.records import read_records
-    from bench.runner import RunConfig, file_hash, run_experiment
+    from bench.evaluate.run import RunConfig, file_hash, run_experiment
 
     pretext = {} if name == "av-audio" else {"visual": SMALL_VISUAL} if name == "av-joint" else SMALL_VISUAL
     pretrain(PretrainConfig(encoder=name, data=str(tiny_corpus.path), steps=2, batch_size=2, save_every=2,

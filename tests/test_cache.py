@@ -1,4 +1,4 @@
-"""bench.cache: features round-trip, keys change with every input, partial and damaged entries,
+"""bench.data.feature_cache: features round-trip, keys change with every input, partial and damaged entries,
 one build for concurrent processes, and features the cache must refuse."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 
-import bench.cache as cache_mod
-from bench.audio import load_audio
-from bench.cache import (CacheStats, CachedFeatures, CorruptCacheError, FeatureCache, FeatureError,
+import bench.data.feature_cache as cache_mod
+from bench.data.audio import load_audio
+from bench.data.feature_cache import (CacheStats, CachedFeatures, CorruptCacheError, FeatureCache, FeatureError,
                          weights_digest)
 from bench.errors import ConfigError
-from bench.manifest import Manifest, read_manifest, write_manifest
+from bench.data.manifest import Manifest, read_manifest, write_manifest
 from bench.registry import Encoder
 
 HOP = 160
@@ -131,7 +131,7 @@ def test_round_trip_order_and_hit(cache: FeatureCache, manifest: Manifest, monke
     assert first.lengths.tolist() == [len(r) for r in expected]
     assert_matches(first, expected)
 
-    # The shards are plain row-major float16 in manifest order, readable without bench.cache.
+    # The shards are plain row-major float16 in manifest order, readable without bench.data.feature_cache.
     shards = sorted(first.path.glob("shard-*.f16"))
     assert len(shards) > 1
     flat = np.concatenate([np.fromfile(s, dtype=np.float16).reshape(-1, 8) for s in shards])
@@ -340,7 +340,7 @@ def test_concurrent_processes_build_once(cache: FeatureCache, manifest: Manifest
 
 @pytest.mark.slow
 def test_real_corpus_round_trip(tmp_path: Path) -> None:
-    from bench.corpus.build import CorpusConfig, build_corpus
+    from bench.data.corpus.build import CorpusConfig, build_corpus
     from bench.registry import create_encoder, list_encoders
 
     corpus = build_corpus(CorpusConfig.from_size("small", speakers=4, words=3, renditions=1),

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.corpus.build import (SPEECH_COMMANDS_WORDS, CorpusConfig, build_corpus, corpus_path,
+from bench.data.corpus.build import (SPEECH_COMMANDS_WORDS, CorpusConfig, build_corpus, corpus_path,
                                 find_corpus)
-from bench.corpus.checks import mouth_audio_correlation, nearest_centroid_accuracy
-from bench.corpus.espeak import ENGLISH_ACCENTS, EspeakError
-from bench.corpus.mouth import FaceIdentity, identity_frame, render_frames
-from bench.corpus.speakers import FEMALE_VARIANTS, MALE_VARIANTS
-from bench.corpus.visemes import UnmappedPhonemeError, articulation_track, split_phoneme
+from bench.data.corpus.checks import mouth_audio_correlation, nearest_centroid_accuracy
+from bench.data.corpus.espeak import ENGLISH_ACCENTS, EspeakError
+from bench.data.corpus.mouth import FaceIdentity, identity_frame, render_frames
+from bench.data.corpus.speakers import FEMALE_VARIANTS, MALE_VARIANTS
+from bench.data.corpus.visemes import UnmappedPhonemeError, articulation_track, split_phoneme
 from bench.errors import ConfigError
-from bench.manifest import ManifestError
+from bench.data.manifest import ManifestError
 
 TINY = dict(speakers=4, words=3, renditions=1)
 
@@ -25,7 +25,7 @@ TINY = dict(speakers=4, words=3, renditions=1)
 @pytest.fixture(scope="module")
 def synth():
     # libespeak-ng keeps global state: one instance for the whole test process.
-    from bench.corpus import build
+    from bench.data.corpus import build
 
     if build._SYNTH is None:
         build._init_worker()
@@ -162,8 +162,8 @@ def test_cli_corpus_build_prints_the_summary(tmp_path, capsys):
 
 _VARIANT_DIGEST = """
 import hashlib, json
-from bench.corpus.espeak import Synthesizer
-from bench.corpus.speakers import MALE_VARIANTS, FEMALE_VARIANTS
+from bench.data.corpus.espeak import Synthesizer
+from bench.data.corpus.speakers import MALE_VARIANTS, FEMALE_VARIANTS
 s = Synthesizer(); out = {}
 for v in MALE_VARIANTS + FEMALE_VARIANTS:
     s.set_voice("en", v); s.set_prosody(rate=170, pitch=50, pitch_range=50)

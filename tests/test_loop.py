@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from bench.cli import main
-from bench.data import label_subset
-from bench.downstream import BiGRUClassifier
+from bench.data.datasets import label_subset
+from bench.evaluate.downstream import BiGRUClassifier
 from bench.errors import ConfigError
 from bench.records import append_record, read_records
 from bench.registry import Encoder, _REGISTRY, register_encoder
-from bench.runner import RunConfig, run_experiment
-from bench.sweep import load_sweep, run_sweep
-from bench.tables import write_tables
+from bench.evaluate.run import RunConfig, run_experiment
+from bench.sweep.plan import load_sweep, run_sweep
+from bench.results.tables import write_tables
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -138,7 +138,7 @@ def test_a_random_encoder_is_the_same_network_for_a_seed_whatever_ran_before(tin
 
 
 def test_scratch_starts_from_the_encoders_own_initialiser(tiny_corpus, tmp_path, monkeypatch):
-    import bench.runner
+    import bench.evaluate.run
 
     class ConstantInit(Encoder):
         frame_rate, dim = 100.0, 4
@@ -152,8 +152,8 @@ def test_scratch_starts_from_the_encoders_own_initialiser(tiny_corpus, tmp_path,
             return self.conv(wav[:, None]).transpose(1, 2), self.output_lengths(lengths)
 
     built = []
-    create = bench.runner.create_encoder
-    monkeypatch.setattr(bench.runner, "create_encoder", lambda *a, **kw: built.append(create(*a, **kw)) or built[-1])
+    create = bench.evaluate.run.create_encoder
+    monkeypatch.setattr(bench.evaluate.run, "create_encoder", lambda *a, **kw: built.append(create(*a, **kw)) or built[-1])
     register_encoder("constant-init-test")(ConstantInit)
     try:
         # An encoder lr so small that Adam's steps (about lr each) leave the weights where they began.
@@ -294,7 +294,7 @@ def test_readme_add_your_own_encoder_example_runs_as_written(small_corpus, tmp_p
 
 
 def test_a_killed_run_resumes_from_its_last_epoch_with_identical_results(tiny_corpus, tmp_path, monkeypatch):
-    import bench.runner as runner
+    import bench.evaluate.run as runner
 
     config = _config(tiny_corpus, epochs=3, seed=11)
     reference = run_experiment(config, tmp_path / "reference.jsonl", progress=False)
@@ -324,7 +324,7 @@ def test_a_killed_run_resumes_from_its_last_epoch_with_identical_results(tiny_co
 def test_a_checkpoint_counts_by_content_not_path(tiny_corpus, tmp_path):
     import shutil
 
-    from bench.pretrain import PretrainConfig, pretrain
+    from bench.pretrain.loop import PretrainConfig, pretrain
 
     pretrain(PretrainConfig(encoder="apc", data=str(tiny_corpus.path), steps=1, batch_size=4,
                             encoder_kwargs={"num_layers": 1, "hidden_size": 16}), tmp_path / "a", progress=False)
@@ -340,7 +340,7 @@ def test_a_checkpoint_counts_by_content_not_path(tiny_corpus, tmp_path):
 
 
 def test_records_carry_per_clip_predictions_k_shot_subsets_and_a_step_budget(tiny_corpus, tmp_path):
-    from bench.runner import clip_order_hash
+    from bench.evaluate.run import clip_order_hash
 
     records = tmp_path / "runs.jsonl"
     full = run_experiment(_config(tiny_corpus, epochs=1), records, progress=False)
@@ -370,7 +370,7 @@ def test_records_carry_per_clip_predictions_k_shot_subsets_and_a_step_budget(tin
 def test_settings_added_later_keep_the_hashes_of_earlier_records():
     # The committed reference records were hashed before task_type, k_shot, budget_steps,
     # eval_tasks and label_map existed; at their defaults these must not change any hash.
-    from bench.runner import config_hash
+    from bench.evaluate.run import config_hash
 
     config = RunConfig(encoder="mfcc39", task="embedded:default", epochs=5, lr=1e-3, lr_drop_epoch=4,
                        lr_after_drop=1e-4)
@@ -381,7 +381,7 @@ def test_settings_added_later_keep_the_hashes_of_earlier_records():
 def test_a_run_already_running_elsewhere_is_waited_for_not_trained_twice(tiny_corpus, tmp_path):
     import threading
 
-    import bench.runner as runner
+    import bench.evaluate.run as runner
 
     config = _config(tiny_corpus, epochs=1, seed=21)
     finished_elsewhere = run_experiment(config, tmp_path / "elsewhere.jsonl", progress=False)

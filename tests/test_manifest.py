@@ -1,4 +1,4 @@
-"""bench.manifest: the one manifest format round-trips and refuses bad tables by name."""
+"""bench.data.manifest: the one manifest format round-trips and refuses bad tables by name."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.manifest import (MANIFEST_NAME, META_NAME, REQUIRED_COLUMNS, ManifestError, read_manifest,
+from bench.data.manifest import (MANIFEST_NAME, META_NAME, REQUIRED_COLUMNS, ManifestError, read_manifest,
                             summarize, write_manifest)
 
 
@@ -181,7 +181,7 @@ def test_hand_edited_csv_gets_counts_from_the_csv_not_the_stale_sidecar(tmp_path
 def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
     import os
 
-    from bench.manifest import atomic_write_bytes
+    from bench.files import atomic_write_bytes
 
     atomic_write_bytes(tmp_path / "a.txt", b"x")
     (tmp_path / "b.txt").write_bytes(b"x")

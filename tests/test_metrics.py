@@ -1,4 +1,4 @@
-"""bench.metrics against values worked out by hand on small score lists.
+"""bench.evaluate.metrics against values worked out by hand on small score lists.
 
 Convention in the comments: a trial is accepted when score >= threshold; thresholds are the
 distinct scores in ascending order, then +inf. Each line lists (P_fa, P_miss) at that threshold.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.metrics import accuracy, det_curve, equal_error_rate, min_dcf, unweighted_average_recall
+from bench.evaluate.metrics import accuracy, det_curve, equal_error_rate, min_dcf, unweighted_average_recall
 
 
 def trials(targets: list[float], nontargets: list[float]) -> tuple[np.ndarray, np.ndarray]:

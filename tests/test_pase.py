@@ -24,7 +24,7 @@ import baselines.pase  # noqa: F401  (registers "pase+" and its pretext)
 from baselines import pase_workers as PW
 from baselines.pase import ARCH_DEFAULTS, PASE_PLUS_CONFIG, PASEPlus
 from bench.errors import ConfigError
-from bench.pretext import PretextContext, pretext_factory
+from bench.pretrain.objective import PretextContext, pretext_factory
 from bench.registry import count_parameters, create_encoder
 
 SR = 16_000

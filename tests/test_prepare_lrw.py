@@ -1,4 +1,4 @@
-"""bench.video and bench.prepare.lrw on real mp4 files (mpeg4 video + AAC audio) written with PyAV."""
+"""bench.data.video and bench.data.prepare.lrw on real mp4 files (mpeg4 video + AAC audio) written with PyAV."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bench.audio import AudioError, load_audio
+from bench.data.audio import AudioError, load_audio
 from bench.cli import main
-from bench.manifest import read_manifest
-from bench.prepare.common import CorpusLayoutError
-from bench.prepare.lrw import DEFAULT_MOUTH_CROP, PrepareOptionError, prepare_lrw
-from bench.video import VideoError, decode_audio_track, read_video_frames, video_info
+from bench.data.manifest import read_manifest
+from bench.data.prepare.common import CorpusLayoutError
+from bench.data.prepare.lrw import DEFAULT_MOUTH_CROP, PrepareOptionError, prepare_lrw
+from bench.data.video import VideoError, decode_audio_track, read_video_frames, video_info
 
 CLIP_SECONDS = 1.16
 CLIP_SAMPLES = 18_560  # 1.16 s at 16 kHz
@@ -91,7 +91,7 @@ def lrw(pristine: Path, tmp_path: Path) -> Path:
     return tmp_path / "LRW" / "lipread_mp4"
 
 
-# --- bench.video -------------------------------------------------------------------------------
+# --- bench.data.video -------------------------------------------------------------------------------
 
 def test_video_info_and_frames(pristine: Path) -> None:
     mp4 = pristine / "ABOUT" / "train" / "ABOUT_00001.mp4"
@@ -152,7 +152,7 @@ def test_decode_audio_track_without_audio(tmp_path: Path) -> None:
         decode_audio_track(mp4)
 
 
-# --- bench.prepare.lrw -------------------------------------------------------------------------
+# --- bench.data.prepare.lrw -------------------------------------------------------------------------
 
 def test_manifest_and_extracted_audio(lrw: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""bench.prepare.spc on tiny but real Speech Commands trees (wav files, list files, noise folder)."""
+"""bench.data.prepare.spc on tiny but real Speech Commands trees (wav files, list files, noise folder)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.audio import AudioError
+from bench.data.audio import AudioError
 from bench.cli import main
-from bench.manifest import read_manifest
-from bench.prepare.common import CorpusLayoutError
-from bench.prepare.spc import V001_WORDS, V002_WORDS, prepare_spc
+from bench.data.manifest import read_manifest
+from bench.data.prepare.common import CorpusLayoutError
+from bench.data.prepare.spc import V001_WORDS, V002_WORDS, prepare_spc
 
 SPEAKERS = ("0a7c2a8d", "1b2c3d4e", "c0ffee01")
 CLIP_SAMPLES = 1600  # 0.1 s at 16 kHz: enough to be real audio, small enough to be fast

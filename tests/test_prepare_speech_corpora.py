@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bench.audio import AudioError
+from bench.data.audio import AudioError
 from bench.cli import main
-from bench.manifest import read_manifest
-from bench.prepare.common import CorpusLayoutError
-from bench.prepare.cremad import prepare_cremad
-from bench.prepare.iemocap import prepare_iemocap
-from bench.prepare.ravdess import prepare_ravdess
-from bench.prepare.voxceleb1 import prepare_voxceleb1
-from bench.task_types import build_task_view
+from bench.data.manifest import read_manifest
+from bench.data.prepare.common import CorpusLayoutError
+from bench.data.prepare.cremad import prepare_cremad
+from bench.data.prepare.iemocap import prepare_iemocap
+from bench.data.prepare.ravdess import prepare_ravdess
+from bench.data.prepare.voxceleb1 import prepare_voxceleb1
+from bench.data.task_types import build_task_view
 
 SECONDS = 0.3
 SAMPLES_16K = 4800

@@ -17,8 +17,8 @@ from torch import nn
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.pretext import _PRETEXTS, Pretext, PretextContext, register_pretext
-from bench.pretrain import PretrainConfig, pretrain
+from bench.pretrain.objective import _PRETEXTS, Pretext, PretextContext, register_pretext
+from bench.pretrain.loop import PretrainConfig, pretrain
 from bench.registry import _REGISTRY, Encoder, create_encoder, register_encoder
 
 
@@ -155,8 +155,8 @@ def test_cli_pretrain_then_evaluate_the_checkpoint(toy_pretext, tiny_corpus, tmp
 
 
 def test_crops_come_with_their_rows_and_aligned_starts(tiny_corpus):
-    from bench.audio import load_audio
-    from bench.pretrain import CropSampler
+    from bench.data.audio import load_audio
+    from bench.pretrain.loop import CropSampler
 
     manifest = tiny_corpus.manifest
     sampler = CropSampler(manifest, ("train",), batch_size=6, crop_samples=9_000, seed=1, align=640)
@@ -195,7 +195,7 @@ def test_one_ddp_step_on_two_cpu_processes_equals_the_single_process_step(tiny_c
     one = torch.load(tmp_path / "one" / "encoder.pt", weights_only=True)["encoder"]
     two = torch.load(tmp_path / "two" / "encoder.pt", weights_only=True)["encoder"]
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
-    from bench.pretrain import _seed_of
+    from bench.pretrain.loop import _seed_of
 
     torch.manual_seed(_seed_of(0, "init") % 2**63)  # the initial weights, as pretrain() draws them
     start = create_encoder("apc", num_layers=2, hidden_size=32, dropout=0).state_dict()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.executors import LocalExecutor, RayExecutor
+from bench.sweep.executors import LocalExecutor, RayExecutor
 from bench.records import read_records
-from bench.sweep import load_sweep, run_sweep
+from bench.sweep.plan import load_sweep, run_sweep
 
 ray = pytest.importorskip("ray")
 

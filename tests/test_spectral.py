@@ -11,8 +11,8 @@ import torch
 
 from baselines import functional as AF
 from baselines.spectral import LogMel, MFCC39
-from bench.audio import load_audio
-from bench.corpus.build import CorpusConfig, build_corpus
+from bench.data.audio import load_audio
+from bench.data.corpus.build import CorpusConfig, build_corpus
 from bench.errors import ConfigError
 from bench.registry import create_encoder, list_encoders
 

@@ -1,11 +1,12 @@
-"""bench.stats: seed spread, bootstrap intervals, exact McNemar, Holm, checked against hand-worked numbers."""
+"""bench.results.stats: seed spread, bootstrap intervals, exact McNemar, Holm, checked against hand-worked numbers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench import metrics, stats
+from bench.evaluate import metrics
+from bench.results import stats
 
 
 def test_mean_std_is_sample_std_and_undefined_for_one_seed():

@@ -17,12 +17,12 @@ import torch
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.executors import LocalExecutor, record_failure, usable_cores
+from bench.sweep.executors import LocalExecutor, record_failure, usable_cores
 from bench.paths import data_dir
 from bench.records import read_records
 from bench.registry import _REGISTRY
-from bench.runner import run_experiment
-from bench.sweep import (PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, cost_table, default_seconds_per_clip_epoch,
+from bench.evaluate.run import run_experiment
+from bench.sweep.plan import (PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, cost_table, default_seconds_per_clip_epoch,
                          load_sweep, plan_runs, run_sweep, sidecar_path, write_sidecar)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,7 +329,7 @@ train: {{epochs: 4, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}}
     os.kill(victim.pid, signal.SIGKILL)  # the sweep process only, mid-run: no clean-up of any kind
     victim.wait()
     # Its workers must not live on: left alone they would finish their runs and append records
-    # beside the re-run's. The kernel kills them with their parent (bench.executors._die_with_parent).
+    # beside the re-run's. The kernel kills them with their parent (bench.sweep.executors._die_with_parent).
     deadline = time.monotonic() + 20
     def alive(pid: int) -> bool:
         try:
@@ -355,7 +355,7 @@ train: {{epochs: 4, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}}
 
 
 def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
-    from bench.executors import RayExecutor
+    from bench.sweep.executors import RayExecutor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the extra is not installed
     with pytest.raises(ConfigError, match=r"pip install 'avbench\[ray\]'"):
@@ -363,7 +363,7 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
 
 
 def test_modes_that_an_encoder_cannot_train_in_are_listed_not_failed(tmp_path):
-    from bench.sweep import dry_run_report, load_sweep
+    from bench.sweep.plan import dry_run_report, load_sweep
 
     config = tmp_path / "paperlike.yaml"
     config.write_text("name: p\ntasks: [embedded:small]\nencoders: [mfcc39, resnet18-scratch]\n"
@@ -378,7 +378,7 @@ def test_modes_that_an_encoder_cannot_train_in_are_listed_not_failed(tmp_path):
 _ORPHAN_PARENT = """
 import multiprocessing, os, sys, time
 from pathlib import Path
-from bench.executors import _die_with_parent
+from bench.sweep.executors import _die_with_parent
 
 def busy_worker(pid_file):  # a worker in the middle of a long run
     _die_with_parent(os.getppid())

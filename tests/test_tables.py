@@ -11,9 +11,9 @@ import re
 import numpy as np
 import pytest
 
-from bench import metrics
+from bench.evaluate import metrics
 from bench.errors import ConfigError
-from bench.tables import (collect, generalisation, render_csv, render_latex, render_markdown, significance,
+from bench.results.tables import (collect, generalisation, render_csv, render_latex, render_markdown, significance,
                           write_tables)
 
 LABELS = ["bed", "bird", "cat", "dog"]
@@ -24,7 +24,7 @@ def make_record(encoder: str = "mfcc39", *, seed: int = 0, fraction: float = 1.0
                 mode: str = "frozen", task: str = "embedded:default", task_type: str = "words", k_shot=None,
                 clip_hash: str = "clips-v1", new_fields: bool = True, trial_scores=None, trial_labels=None,
                 config_extra: dict | None = None, **extra) -> dict:
-    """A run record as bench.runner writes it; `right` (per test clip) or `n_right` sets the accuracy.
+    """A run record as bench.evaluate.run writes it; `right` (per test clip) or `n_right` sets the accuracy.
 
     new_fields=False gives a record from before task types, metrics and per-clip predictions.
     """
@@ -233,7 +233,7 @@ def test_regeneration_is_byte_identical(tmp_path):
 
 
 def test_plots_take_per_class_accuracy_from_the_records_own_confusion_and_fixed_colours():
-    from bench.plots import PALETTE, encoder_colour, per_class_accuracy
+    from bench.results.plots import PALETTE, encoder_colour, per_class_accuracy
 
     record = make_record("mfcc39", right=np.arange(N_CLIPS) % 4 != 1)  # class "bird" always wrong
     record["per_class_test_acc"] = {c: 1.0 for c in LABELS}  # stale: a cross-dataset record keeps the training task's

@@ -1,6 +1,6 @@
-"""bench.task_types: each task type's view of a manifest, trials, folds, label maps, accent splits.
+"""bench.data.task_types: each task type's view of a manifest, trials, folds, label maps, accent splits.
 
-Manifests here are written with bench.manifest.write_manifest from small tables (views read only
+Manifests here are written with bench.data.manifest.write_manifest from small tables (views read only
 the table, never the audio); the embedded-corpus test runs on the real tiny corpus.
 """
 
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from bench.errors import ConfigError
-from bench.manifest import read_manifest, write_manifest
-from bench.prepare import cremad, iemocap, ravdess
-from bench.task_types import (DEFAULT_NUM_TRIALS, accent_held_out_view, apply_label_map, build_task_view,
+from bench.data.manifest import read_manifest, write_manifest
+from bench.data.prepare import cremad, iemocap, ravdess
+from bench.data.task_types import (DEFAULT_NUM_TRIALS, accent_held_out_view, apply_label_map, build_task_view,
                               deal_utterances, generate_trials, load_label_map, load_trials, split_of_fold,
                               trials_text)
 

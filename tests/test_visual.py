@@ -14,12 +14,12 @@ from torch import nn
 
 import encoders.logmel_l1  # noqa: F401  (registers logmel-l1 and its pretext)
 from bench.errors import ConfigError
-from bench.manifest import read_manifest, write_manifest
-from bench.mouth_frames import (SAMPLES_PER_FRAME, MouthFrameSource, evenly_spaced_rows, first_video_frames,
+from bench.data.manifest import read_manifest, write_manifest
+from bench.data.mouth_frames import (SAMPLES_PER_FRAME, MouthFrameSource, evenly_spaced_rows, first_video_frames,
                                 video_frame_of_sample)
-from bench.prepare.lrw import DEFAULT_MOUTH_CROP, prepare_lrw
-from bench.pretext import CropInfo, PretextContext, pretext_factory
-from bench.pretrain import CropSampler, PretrainConfig, pretrain
+from bench.data.prepare.lrw import DEFAULT_MOUTH_CROP, prepare_lrw
+from bench.pretrain.objective import CropInfo, PretextContext, pretext_factory
+from bench.pretrain.loop import CropSampler, PretrainConfig, pretrain
 from bench.registry import count_parameters, create_encoder
 from encoders.logmel_l1 import LogMelL1Encoder, logmel_l1_pretext
 from encoders.resnet1d import ResNet18Audio, ResNet1dEncoder

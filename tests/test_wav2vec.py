@@ -18,7 +18,7 @@ import torch
 from baselines.wav2vec import (BASE_ARCH, LARGE_ARCH, Wav2Vec, Wav2VecPretext, auto_offset,
                                conv_output_lengths, parse_conv_layers)
 from bench.errors import ConfigError
-from bench.pretext import PretextContext, pretext_factory
+from bench.pretrain.objective import PretextContext, pretext_factory
 from bench.registry import count_parameters, create_encoder
 
 SR = 16_000

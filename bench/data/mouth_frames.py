@@ -1,0 +1,265 @@
+"""Mouth frames for the visual pretext: what the lips did during a crop of a clip's audio.
+
+The visual objective (encoders/visual.py) generates the mouth frames of a crop from its audio and
+a still frame of the speaker, so it needs, for a manifest row and a range of 25 fps frames, the
+real frames and that still. `MouthFrameSource` reads both from either kind of audiovisual manifest:
+
+  embedded corpus  (meta kind "embedded", a `mouth_track` column, speakers.csv beside it): frames
+                   are rendered from the clip's articulation track (bench.data.corpus.mouth), exactly
+                   what `EmbeddedCorpus.frames` gives; the identity frame is the speaker's rest
+                   pose (`EmbeddedCorpus.identity_frame`), the still the corpus was drawn from.
+  LRW-style video  (a `video_path` column; meta `mouth_crop` = [x, y, w, h]): frames are decoded
+                   with PyAV (`bench.data.video.read_video_frames`), cropped to the mouth box, taken as
+                   luminance and resized to size x size (area averaging when shrinking, bilinear
+                   when enlarging; a non-square box is stretched). LRW publishes no speaker
+                   identities and no neutral still, so the identity frame is the first frame of the
+                   clip's own video, the usual choice in speech-driven animation (Vougioukas et
+                   al. take the still from the clip being generated). A manifest with video but no
+                   `mouth_crop` uses the whole frame.
+
+Decoded or rendered clips are kept in a small LRU cache (uint8, size x size per frame), so the
+crops of a clip seen again soon are not decoded twice.
+
+Alignment (16 kHz audio, 25 fps video): audio sample s lies in video frame s // 640. Crops start on
+a frame boundary (the pretext sets crop_align = 640), and an encoder with a 640-sample hop emits
+frame k from the crop's samples [640k, 640k + 640), so encoder frame k of a crop starting at sample
+`start` is video frame `start // 640 + k`: one to one, never interpolated. How many frames a crop
+of n samples has is the encoder's own `output_lengths(n)`: floor(n / 640) for whole 40 ms pieces,
+plus, for the 1D ResNet, a last partial piece when it holds at least 612 samples (never more than
+ceil(n / 640)); that frame is still video frame start // 640 + k, and frames past the end of the
+clip's video are zero padding that the loss masks (`frames` returns how many are real).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bench.errors import ConfigError
+from bench.data.manifest import Manifest
+
+SAMPLE_RATE = 16_000
+VIDEO_FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640: one 25 fps video frame of 16 kHz audio
+
+__all__ = ["SAMPLES_PER_FRAME", "MouthFrameSource", "video_frame_of_sample", "first_video_frames",
+           "evenly_spaced_rows", "manifest_has_video"]
+
+
+def video_frame_of_sample(sample: int | torch.Tensor) -> int | torch.Tensor:
+    """The 25 fps video frame that 16 kHz audio sample `sample` falls in."""
+    if isinstance(sample, torch.Tensor):
+        return torch.div(sample, SAMPLES_PER_FRAME, rounding_mode="floor")
+    return int(sample) // SAMPLES_PER_FRAME
+
+
+def first_video_frames(starts: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """The video frame each crop's encoder frame 0 maps to; crops must start on a frame boundary."""
+    starts = torch.as_tensor(starts, dtype=torch.long).reshape(-1)
+    off = starts % SAMPLES_PER_FRAME
+    if bool((off != 0).any()) or bool((starts < 0).any()):
+        bad = int(starts[(off != 0) | (starts < 0)][0])
+        raise ConfigError(f"a crop starts at sample {bad}, not on a 25 fps video frame boundary (a multiple of "
+                          f"{SAMPLES_PER_FRAME} samples at 16 kHz). The visual pretext needs crop_align="
+                          f"{SAMPLES_PER_FRAME} so that audio frames map one to one onto video frames.")
+    return torch.div(starts, SAMPLES_PER_FRAME, rounding_mode="floor")
+
+
+def evenly_spaced_rows(manifest: Manifest, split: str, max_clips: int) -> list[int]:
+    """Up to `max_clips` row positions (iloc) of `split`, spread evenly over its clip_id order.
+
+    Deterministic (a function of the manifest only), so every snapshot and baseline sees the same
+    clips; spreading them rather than taking the first ones covers several speakers and words.
+    """
+    table = manifest.table
+    positions = np.flatnonzero((table["split"] == split).to_numpy())
+    if len(positions) == 0 or max_clips <= 0:
+        return []
+    order = np.argsort(table["clip_id"].to_numpy()[positions], kind="stable")
+    positions = positions[order]
+    if len(positions) <= max_clips:
+        return [int(p) for p in positions]
+    picks = np.unique(np.round(np.linspace(0, len(positions) - 1, max_clips)).astype(int))
+    return [int(p) for p in positions[picks]]
+
+
+def _resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [T, H, W] -> uint8 [T, size, size]: area averaging to shrink, bilinear to enlarge."""
+    if frames.shape[1:] == (size, size):
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(torch.float32).unsqueeze(1)
+    shrink = frames.shape[1] >= size and frames.shape[2] >= size
+    if shrink:
+        y = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    else:
+        y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+class MouthFrameSource:
+    """Real mouth frames and identity stills of a manifest's clips, as float32 in [0, 1].
+
+    `row` is always a position in `manifest.table` (iloc), as `CropInfo.rows` gives it.
+    """
+
+    def __init__(self, manifest: Manifest, size: int = 64, cache_clips: int = 256) -> None:
+        if size < 8:
+            raise ConfigError(f"mouth frames: size must be at least 8 pixels, got {size}")
+        self.manifest = manifest
+        self.size = int(size)
+        self.cache_clips = max(1, int(cache_clips))
+        self._clips: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._identities: OrderedDict[object, np.ndarray] = OrderedDict()
+        self._mean_frames: dict[tuple[str, int], np.ndarray] = {}
+        table = manifest.table
+        meta = manifest.meta or {}
+        self._corpus = None
+        if "mouth_track" in table.columns and (meta.get("kind") == "embedded"
+                                               or (manifest.root / "speakers.csv").is_file()):
+            self.kind = "embedded"
+            speakers = manifest.root / "speakers.csv"
+            if not speakers.is_file():
+                raise ConfigError(f"{manifest.path}: an embedded-corpus manifest, but {speakers} (the speakers' "
+                                  "face identities, needed to render mouth frames) is missing. Rebuild the corpus "
+                                  "with `avbench corpus build`.")
+            import pandas as pd
+
+            from bench.data.corpus.build import EmbeddedCorpus
+
+            self._corpus = EmbeddedCorpus(path=manifest.root, manifest=manifest,
+                                          speakers=pd.read_csv(speakers, dtype={"speaker": str}))
+        elif "video_path" in table.columns:
+            self.kind = "video"
+            crop = meta.get("mouth_crop")
+            self.crop = None if crop is None else tuple(int(v) for v in crop)
+        else:
+            raise ConfigError(f"{manifest.path}: the visual pretext needs video, and this manifest has none (no "
+                              "`video_path` column, and it is not an embedded corpus with `mouth_track`). Pretrain "
+                              "it on an audiovisual corpus: LRW (`avbench prepare lrw`) or the embedded corpus "
+                              "(`avbench corpus build`); audio-only corpora such as Speech Commands cannot drive it.")
+
+    # ------------------------------------------------------------------ whole clips (uint8, cached)
+
+    def _cached(self, cache: OrderedDict, key: object, make) -> np.ndarray:
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return hit
+        value = make()
+        cache[key] = value
+        while len(cache) > self.cache_clips:
+            cache.popitem(last=False)
+        return value
+
+    def _cell(self, row: int, column: str) -> str:
+        table = self.manifest.table
+        if not 0 <= row < len(table):
+            raise IndexError(f"{self.manifest.path}: row {row} is outside the manifest (0..{len(table) - 1})")
+        value = table[column].iloc[row]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.manifest.path}: clip {table['clip_id'].iloc[row]!r} has no {column}; the "
+                              "visual pretext needs the video of every clip it trains on. Remove the clip or "
+                              "re-run the preparer.")
+        return value
+
+    def clip_frames(self, row: int) -> np.ndarray:
+        """All frames of a clip, uint8 [T, size, size] (read-only, shared with the cache)."""
+        return self._cached(self._clips, int(row), lambda: self._load_clip(int(row)))
+
+    def _load_clip(self, row: int) -> np.ndarray:
+        if self.kind == "embedded":
+            frames = self._corpus.frames(self.manifest.table["clip_id"].iloc[row], size=self.size)
+        else:
+            from bench.data.video import read_video_frames
+
+            path = self.manifest.resolve(self._cell(row, "video_path"))
+            frames = _resize(read_video_frames(path, crop=self.crop, gray=True), self.size)
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        frames.setflags(write=False)
+        return frames
+
+    def num_frames(self, row: int) -> int:
+        return int(self.clip_frames(row).shape[0])
+
+    # ------------------------------------------------------------------ the public reads (float32)
+
+    def frames(self, row: int, first_frame: int, n_frames: int) -> tuple[np.ndarray, int]:
+        """Frames first_frame .. first_frame + n_frames - 1 of a clip, float32 [n, size, size] in [0, 1].
+
+        Frames past the end of the clip's video are zeros; the second value counts the real ones.
+        """
+        if first_frame < 0 or n_frames < 0:
+            raise ValueError(f"frames(): first_frame and n_frames must be >= 0, got {first_frame}, {n_frames}")
+        clip = self.clip_frames(row)
+        real = clip[first_frame:first_frame + n_frames]
+        out = np.zeros((n_frames, self.size, self.size), dtype=np.float32)
+        out[:len(real)] = real.astype(np.float32) / 255.0
+        return out, int(len(real))
+
+    def identity(self, row: int) -> np.ndarray:
+        """The still frame the generator starts from, float32 [size, size] in [0, 1]."""
+        if self.kind == "embedded":
+            speaker = str(self.manifest.table["speaker"].iloc[int(row)])
+            still = self._cached(self._identities, speaker,
+                                 lambda: self._corpus.identity_frame(speaker, size=self.size))
+        else:  # no neutral still exists for LRW: the clip's own first frame
+            still = self.clip_frames(row)[0]
+        return still.astype(np.float32) / 255.0
+
+    def batch(self, rows: Sequence[int], first_frames: Sequence[int] | torch.Tensor,
+              n_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Real frames [B, n, size, size], their real counts [B] and identity stills [B, size, size]."""
+        first_frames = [int(f) for f in torch.as_tensor(first_frames).reshape(-1).tolist()]
+        if len(first_frames) != len(rows):
+            raise ValueError(f"batch(): {len(rows)} rows but {len(first_frames)} first frames")
+        frames, counts, stills = [], [], []
+        for row, first in zip(rows, first_frames):
+            f, n = self.frames(int(row), first, n_frames)
+            frames.append(f)
+            counts.append(n)
+            stills.append(self.identity(int(row)))
+        return (torch.from_numpy(np.stack(frames)) if frames else torch.zeros(0, n_frames, self.size, self.size),
+                torch.tensor(counts, dtype=torch.long),
+                torch.from_numpy(np.stack(stills)) if stills else torch.zeros(0, self.size, self.size))
+
+    def mean_frame(self, split: str = "train", max_clips: int = 64) -> np.ndarray:
+        """The mean over all frames of up to `max_clips` clips of `split` (evenly spaced, deterministic).
+
+        The "predict the average mouth" baseline of the generation metrics. Falls back to the whole
+        manifest when the split is empty.
+        """
+        key = (split, int(max_clips))
+        if key not in self._mean_frames:
+            rows = evenly_spaced_rows(self.manifest, split, max_clips)
+            if not rows:
+                every = np.arange(len(self.manifest.table))
+                rows = [int(r) for r in every[np.round(np.linspace(0, len(every) - 1,
+                                                                   min(max_clips, len(every)))).astype(int)]]
+            total = np.zeros((self.size, self.size), dtype=np.float64)
+            count = 0
+            for row in rows:
+                clip = self.clip_frames(row)
+                total += clip.astype(np.float64).sum(axis=0)
+                count += clip.shape[0]
+            self._mean_frames[key] = (total / max(count, 1) / 255.0).astype(np.float32)
+        return self._mean_frames[key]
+
+    def describe(self) -> dict:
+        """What the frames are, for the pretext's config()."""
+        d = {"kind": self.kind, "size": self.size, "fps": VIDEO_FPS, "samples_per_frame": SAMPLES_PER_FRAME}
+        if self.kind == "video":
+            d["mouth_crop"] = list(self.crop) if self.crop else None
+            d["identity"] = "first frame of the clip"
+        else:
+            d["identity"] = "speaker rest frame"
+        return d
+
+
+def manifest_has_video(manifest: Manifest) -> bool:
+    """Whether `MouthFrameSource(manifest)` would find frames (without raising)."""
+    cols = manifest.table.columns
+    return "video_path" in cols or ("mouth_track" in cols and (manifest.root / "speakers.csv").is_file())
+

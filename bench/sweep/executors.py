@@ -1,0 +1,342 @@
+"""Where the runs of a sweep execute: in this process, in local worker processes, or on Ray.
+
+Executors take jobs (plain dicts of RunConfig fields) and yield an outcome per job as it
+finishes. Results travel only through the records file: a run appends its own record
+(bench.records.append_record: one write under flock, so workers never interleave). A run that
+raises is recorded as failed, with its traceback, by the process that ran it; a worker that dies
+without answering (SIGKILL, the OOM killer, a segfault) is recorded as failed by the sweep, with
+its exit code; the sweep goes on.
+
+inline: one run after another in this process (the library default; sees in-process plugins).
+
+local: N spawned worker processes. 'spawn', so that each sets OMP/MKL/OpenBLAS threads (and
+CUDA_VISIBLE_DEVICES) before it imports torch, which sizes its thread pool at start-up; each gets
+max(1, cores // N) threads, or fewer where the user set OMP_NUM_THREADS (a cap, so a sweep on a
+shared machine uses no more threads than asked). Workers share the feature cache safely:
+FeatureCache holds a per-key flock while it builds an entry and publishes it by one rename, so a
+key is built once and never read half-written.
+
+ray: each run a Ray task declaring `cpus_per_run` CPUs and `gpus_per_run` GPUs, on the cluster at
+`address` or on a Ray instance started here. On a cluster, every node needs avbench (and any
+--plugin module) installed, and AVBENCH_DATA (corpora, feature cache, per-epoch run state) and the
+records file on a filesystem all nodes see at the same path, with working flock (NFSv4, not v3
+without lockd). The driver's AVBENCH_DATA goes in each task's runtime_env env_vars, the records
+path is made absolute, and tasks work in the driver's current folder so relative task paths
+agree. Ray retries nothing (max_retries=0): a failure is recorded and a re-run of the sweep
+retries it. Ray is an optional extra (`pip install avbench[ray]`), imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import traceback
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from bench.errors import ConfigError
+from bench.records import append_record, git_commit
+
+log = logging.getLogger("avbench.executors")
+
+Job = dict[str, Any]  # {"index": int, "label": str, "config": dict of RunConfig fields}
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Measured on 2 cores: the logmel paper-protocol epoch (225 s against a median 122 s) and loop_benchmark (1.95x).
+PASSIVE_COST = "1.8-2x"
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment for a run process with `threads` compute threads (set before torch is imported).
+
+    Idle OpenMP threads sleep rather than spin: on a machine shared with other jobs, spinning made
+    a 2-thread BiGRU epoch take 5.9-29 s against 1.4 s with 1 thread; sleeping, 1.7-2.1 s. The
+    price on a machine the sweep has alone is PASSIVE_COST (the BiGRU's many small parallel regions
+    each wait for a sleeping thread to wake), so the user's own OMP_WAIT_POLICY wins.
+    """
+    return {**dict.fromkeys(THREAD_VARS, str(threads)), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+def record_failure(records: str | Path, config: dict, error: str, trace: str | None = None) -> None:
+    """Append a failed-run record: the sweep summary and the next re-run rely on it."""
+    append_record(records, {"status": "failed", "config": config, "error": error, "traceback": trace,
+                            "git_commit": git_commit(),
+                            **{k: config.get(k) for k in ("encoder", "task", "task_type", "mode",
+                                                          "label_fraction", "k_shot", "seed")}})
+
+
+def execute_run(config: dict, records: str | Path, *, force: bool = False, progress: bool = False) -> dict:
+    """Run one configuration in this process and return its outcome; a raising run is recorded."""
+    from bench.evaluate.run import RunConfig, run_experiment
+
+    try:
+        record = run_experiment(RunConfig.from_dict(config), records, force=force, progress=progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one broken run must not cost the rest of the sweep
+        error = f"{type(exc).__name__}: {exc}"
+        record_failure(records, config, error, traceback.format_exc())
+        return {"status": "failed", "error": error}
+    return {"status": "skipped" if record.get("skipped") else "ok",
+            **{k: record.get(k) for k in ("config_hash", "test_acc", "val_acc", "best_epoch", "wall_seconds")}}
+
+
+def import_plugins(plugins: Iterable[str]) -> None:
+    from bench.registry import import_plugin
+
+    for plugin in plugins:
+        import_plugin(plugin)
+
+
+class InlineExecutor:
+    """One run after another in this process."""
+
+    def __init__(self, progress: bool = True) -> None:
+        self.progress = progress
+
+    def execute(self, jobs: list[Job], records: Path, *, force: bool = False,
+                plugins: Iterable[str] = ()) -> Iterator[tuple[Job, dict]]:
+        for job in jobs:
+            log.info("%s", job["label"])
+            yield job, execute_run(job["config"], records, force=force, progress=self.progress)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids a worker may be pinned to: CUDA_VISIBLE_DEVICES if set, else every CUDA device."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def user_thread_cap() -> int | None:
+    """OMP_NUM_THREADS from the environment as a positive int, or None when unset.
+
+    Raises a ConfigError for a value torch would reject later in every worker."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ConfigError(f"OMP_NUM_THREADS={value!r} in the environment: it must be a positive "
+                          "integer (the most threads each run may use); unset it to let the "
+                          "sweep give each worker cores // workers threads")
+    return cap
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when the sweep process dies (Linux).
+
+    A sweep killed by a signal runs no clean-up, and a worker left behind would go on training
+    and append records beside those of the sweep that is re-run. Elsewhere, the pipe to the
+    parent breaks and the worker stops after its current run.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
+
+
+def _worker_main(conn, env: dict[str, str], plugins: list[str], log_level: int, parent: int) -> None:
+    """A local worker: set threads before torch loads, then run jobs until the sweep closes the pipe."""
+    _die_with_parent(parent)
+    os.environ.update(env)
+    import torch
+
+    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    torch.set_flush_denormal(True)  # before torch's pool starts: see bench.runtime.flush_denormals
+    logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s [worker {os.getpid()}]: %(message)s")
+    import_plugins(plugins)
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:  # the sweep process is gone
+                return
+            conn.send(execute_run(job["config"], job["records"], force=job["force"]))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep reports it
+        return
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+        return f"worker process killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"worker process died with exit code {exitcode}"
+
+
+class LocalExecutor:
+    """Runs in `workers` processes on this machine, each pinned to its share of the cores (and GPU).
+
+    Concurrency: `workers` if given; else `runs_per_device` per visible GPU, or `runs_per_device`
+    on a CPU-only machine (the machine is the device); else one per core (one per GPU with GPUs).
+    """
+
+    def __init__(self, workers: int | None = None, runs_per_device: int | None = None,
+                 gpus: list[str] | None = None, cores: int | None = None) -> None:
+        if (workers is not None and workers < 1) or (runs_per_device is not None and runs_per_device < 1):
+            raise ValueError("--workers and --runs-per-device must be at least 1")
+        self.gpus = visible_gpus() if gpus is None else gpus
+        self.cores = cores or usable_cores()
+        if workers is None:
+            per_device = runs_per_device or (1 if self.gpus else self.cores)
+            workers = per_device * max(1, len(self.gpus))
+        self.workers = workers
+        self.threads = max(1, self.cores // workers)
+        cap = user_thread_cap()
+        if cap is not None and cap < self.threads:
+            self.threads = cap
+
+    def _env(self, slot: int) -> dict[str, str]:
+        env = thread_env(self.threads)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        return env
+
+    def execute(self, jobs: list[Job], records: Path, *, force: bool = False,
+                plugins: Iterable[str] = ()) -> Iterator[tuple[Job, dict]]:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        pending = list(jobs)
+        slots: list[dict] = []  # {"process", "conn", "job"} per live worker
+        log_level = logging.getLogger().getEffectiveLevel()
+
+        def start(slot_id: int) -> dict:
+            parent, child = ctx.Pipe()
+            process = ctx.Process(target=_worker_main,
+                                  args=(child, self._env(slot_id), list(plugins), log_level, os.getpid()),
+                                  # Not daemonic: a run starts processes of its own (the feature
+                                  # cache's audio loaders), which daemonic processes may not. The
+                                  # finally below ends the workers, and they die with the sweep.
+                                  name=f"avbench-worker-{slot_id}", daemon=False)
+            process.start()
+            child.close()
+            return {"id": slot_id, "process": process, "conn": parent, "job": None}
+
+        try:
+            slots = [start(i) for i in range(min(self.workers, len(pending)))]
+            log.info("local executor: %d worker(s), %d thread(s) each%s", len(slots), self.threads,
+                     f", GPUs {','.join(self.gpus)}" if self.gpus else "")
+            if self.threads > 1 and "OMP_WAIT_POLICY" not in os.environ:
+                log.info("idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, safe beside other jobs); on a machine "
+                         "this sweep has to itself, OMP_WAIT_POLICY=ACTIVE trains a multi-thread BiGRU run "
+                         "about %s faster", PASSIVE_COST)
+            while True:
+                for i, slot in enumerate(slots):
+                    if slot["job"] is None and pending:
+                        if not slot["process"].is_alive():  # died while idle: nothing lost, replace it
+                            slots[i] = slot = start(slot["id"])
+                        slot["job"] = pending.pop(0)
+                        log.info("%s (worker %d)", slot["job"]["label"], slot["id"])
+                        slot["conn"].send({**slot["job"], "records": str(records), "force": force})
+                busy = [s for s in slots if s["job"] is not None]
+                if not busy:
+                    return
+                ready = wait([s["conn"] for s in busy] + [s["process"].sentinel for s in busy])
+                for slot in busy:
+                    if slot["conn"] not in ready and slot["process"].sentinel not in ready:
+                        continue
+                    job, slot["job"] = slot["job"], None
+                    try:
+                        outcome = slot["conn"].recv()
+                    except (EOFError, OSError):  # died mid-run: record it, replace the worker
+                        slot["process"].join()
+                        error = _death(slot["process"].exitcode)
+                        record_failure(records, job["config"], error)
+                        outcome = {"status": "failed", "error": error}
+                        slots[slots.index(slot)] = start(slot["id"])
+                    yield job, outcome
+        finally:
+            for slot in slots:
+                slot["conn"].close()  # an idle worker reads EOF and exits
+                if slot["job"] is not None:  # interrupted mid-run: its epoch state lets a re-run resume
+                    slot["process"].terminate()
+            for slot in slots:
+                slot["process"].join()
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("the ray executor needs Ray, an optional extra: pip install 'avbench[ray]'") from exc
+    return ray
+
+
+_RAY_PLUGINS: set[str] = set()  # per Ray worker process: plugins already imported
+
+
+def _ray_run(config: dict, records: str, force: bool, plugins: list[str], cwd: str, threads: int) -> dict:
+    """Body of one Ray task (Ray reuses worker processes, so everything here is idempotent)."""
+    import torch
+
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    import_plugins([p for p in plugins if p not in _RAY_PLUGINS])
+    _RAY_PLUGINS.update(plugins)
+    return execute_run(config, records, force=force)
+
+
+class RayExecutor:
+    """Each run a Ray task with `cpus_per_run` CPUs and `gpus_per_run` GPUs."""
+
+    def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
+                 num_cpus: int | None = None) -> None:
+        if cpus_per_run <= 0 or gpus_per_run < 0:
+            raise ValueError("--cpus-per-run must be positive and --gpus-per-run not negative")
+        _import_ray()  # fail before any planning if the extra is missing
+        self.address, self.num_cpus = address, num_cpus
+        self.cpus_per_run, self.gpus_per_run = cpus_per_run, gpus_per_run
+
+    def execute(self, jobs: list[Job], records: Path, *, force: bool = False,
+                plugins: Iterable[str] = ()) -> Iterator[tuple[Job, dict]]:
+        if not jobs:
+            return
+        ray = _import_ray()
+        from bench.paths import data_dir
+
+        threads = max(1, int(self.cpus_per_run))
+        env = {"AVBENCH_DATA": str(data_dir().resolve()), **thread_env(threads)}
+        # "local": start a fresh instance here, never join a cluster found on the machine by chance.
+        local = {} if self.address else {"num_cpus": self.num_cpus, "include_dashboard": False}
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address or "local", **local)
+        # The environment goes with each task, so it holds also where the caller started Ray.
+        task = ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0,
+                          runtime_env={"env_vars": env})(_ray_run)
+        records = Path(records).resolve()
+        try:
+            refs = {}
+            for job in jobs:
+                log.info("%s (submitted to Ray)", job["label"])
+                refs[task.remote(job["config"], str(records), force, list(plugins), os.getcwd(), threads)] = job
+            while refs:
+                (ref,), _ = ray.wait(list(refs), num_returns=1)
+                job = refs.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # the task's worker died (OOM, node lost): record it
+                    error = f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    record_failure(records, job["config"], error, str(exc))
+                    outcome = {"status": "failed", "error": error}
+                yield job, outcome
+        finally:
+            if started_here:
+                ray.shutdown()
