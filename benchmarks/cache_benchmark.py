@@ -11,7 +11,7 @@ model. It prints:
       and read throughput for sequential and random clip order, with the shards dropped from the
       page cache first (cold, from disk) and again once they are cached (warm);
   (b) peak RSS (VmHWM) of a fresh reader process that reads every clip in random order, next to
-      the cache size and the budget. The bench.data.feature_cache reader runs under RLIMIT_AS = budget, so
+      the cache size and the budget. The bench.data.cache_entry reader runs under RLIMIT_AS = budget, so
       going over it would fail rather than pass unnoticed; np.memmap of the same shards is
       measured for comparison (no limit: its mapping alone exceeds the budget).
 
@@ -120,7 +120,7 @@ def read_child(entry: str, mode: str, order: str, limit_bytes: int) -> None:
     """Run in a fresh interpreter: read every clip once, print a JSON line of figures."""
     if limit_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-    from bench.data.feature_cache import CachedFeatures
+    from bench.data.cache_entry import CachedFeatures
 
     before = vm_status()
     cached = CachedFeatures.open(entry)
@@ -209,7 +209,7 @@ def main() -> None:
         entry = cached.path
         cached.close()
 
-        print("\n    read throughput, one fresh reader process per line, bench.data.feature_cache (os.preadv):")
+        print("\n    read throughput, one fresh reader process per line, bench.data.cache_entry (os.preadv):")
         results = {}
         for order in ("sequential", "random"):
             for temp in ("cold", "warm"):
@@ -224,14 +224,14 @@ def main() -> None:
         print(f"\n(b) peak RSS reading all {clips} clips in random order, cache {size / 1e9:.2f} GB = "
               f"{size / budget:.1f}x the {args.budget_mb:.0f} MB budget")
         r = run_reader(entry, "pread", "random", limit_bytes=budget)
-        print(f"    bench.data.feature_cache, RLIMIT_AS={budget / MB:.0f} MB: peak RSS {r['VmHWM'] / MB:6.1f} MB "
+        print(f"    bench.data.cache_entry, RLIMIT_AS={budget / MB:.0f} MB: peak RSS {r['VmHWM'] / MB:6.1f} MB "
               f"(after imports {r['baseline_rss'] / MB:.1f} MB), peak address space "
               f"{r['VmPeak'] / MB:.1f} MB, {r['seconds']:.1f} s")
         m = run_reader(entry, "memmap", "random")
         print(f"    np.memmap, no limit:          peak RSS {m['VmHWM'] / MB:6.1f} MB "
               f"(after imports {m['baseline_rss'] / MB:.1f} MB), {m['seconds']:.1f} s")
         ok = r["VmHWM"] <= budget
-        print(f"    bench.data.feature_cache reader {'stays within' if ok else 'EXCEEDS'} the budget: "
+        print(f"    bench.data.cache_entry reader {'stays within' if ok else 'EXCEEDS'} the budget: "
               f"{r['VmHWM'] / size:.1%} of the cache size resident at peak")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

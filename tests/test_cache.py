@@ -19,8 +19,8 @@ import torch
 
 import bench.data.feature_cache as cache_mod
 from bench.data.audio import load_audio
-from bench.data.feature_cache import (CacheStats, CachedFeatures, CorruptCacheError, FeatureCache, FeatureError,
-                         weights_digest)
+from bench.data.cache_entry import CacheStats, CachedFeatures, CorruptCacheError, FeatureError
+from bench.data.feature_cache import FeatureCache, weights_digest
 from bench.errors import ConfigError
 from bench.data.manifest import Manifest, read_manifest, write_manifest
 from bench.registry import Encoder

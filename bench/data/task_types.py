@@ -20,13 +20,13 @@ written is a generated trial list, saved beside the manifest so every run scores
   corpus when manifest.json names a `trials` file (lines "LABEL ENROLL TEST", LABEL 1 for the
   same speaker, clip ids or the corpus's relative wav paths); its speakers are then removed from
   training. Otherwise they are generated from the clips outside the train split whose speakers
-  are not trained on (`generate_trials`: balanced, seeded) and saved beside the manifest as
-  trials-<seed>.txt in the same format (`ensure_trials`).
+  are not trained on (bench.data.trials: balanced, seeded) and saved beside the manifest as
+  trials-<seed>.txt in the same format.
 - emotion: `emotion`. A corpus with a `fold` column (else `session`: IEMOCAP) is evaluated over
   its folds: fold k tests on fold value k, validates on the next fold value (cyclically, in sorted
   order) and trains on the rest (`split_of_fold`); `splits` is the first fold and `folds` all of
   them. Without folds, the manifest's split is used as is. `label_map` maps each corpus's labels
-  into a shared space for cross-dataset runs (bench/data/prepare/label_maps/emotion.yaml), dropping
+  into a shared space for cross-dataset runs (bench.data.label_maps; prepare/label_maps/emotion.yaml), dropping
   the labels mapped to null and counting them per original label in `dropped`.
 
 `accent_held_out_view` is a words task trained on some accents and tested on others.
@@ -40,13 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
-import yaml
 
 from bench.errors import ConfigError
 from bench.data.manifest import SPLITS, Manifest
-from bench.files import atomic_write_bytes
+from bench.data.label_maps import apply_label_map, corpus_key, load_label_map
+from bench.data.trials import DEFAULT_NUM_TRIALS, ensure_trials, load_trials
 
 log = logging.getLogger("avbench.task_types")
 
@@ -57,9 +56,6 @@ IDEN_SPLIT_COLUMN = "iden_split"
 IDEN_SPLIT_CODES = {1: "train", 2: "valid", 3: "test"}
 # Per speaker: at least one utterance each to valid and test, about this fraction of them.
 HELD_OUT_FRACTION = 0.1
-TRIAL_COLUMNS = ("label", "enroll", "test")
-DEFAULT_NUM_TRIALS = 2000
-LABEL_MAP_DIR = Path(__file__).parent / "prepare" / "label_maps"
 
 
 @dataclass(frozen=True, eq=False)  # DataFrames have no single truth value to compare by
@@ -220,119 +216,6 @@ def _verification_view(manifest: Manifest, splits: dict[str, pd.DataFrame], drop
                     trials=trials, trial_clips=table[table["clip_id"].isin(named)], dropped=dropped, notes=notes)
 
 
-def _trial_clip_id(token: str, known: dict[str, str]) -> str | None:
-    """A trial token as a clip id: the id itself, or the corpus's relative path to its wav."""
-    token = token.replace("\\", "/").removeprefix("./")
-    if token in known:
-        return token
-    stem = token.rsplit(".", 1)[0] if "." in token.rsplit("/", 1)[-1] else token
-    return stem if stem in known else None
-
-
-def load_trials(path: str | Path, table: pd.DataFrame) -> pd.DataFrame:
-    """Read "LABEL ENROLL TEST" lines into a trials frame, checking them against the manifest.
-
-    Every clip must be in `table`, and each label must agree with the manifest's speakers (1 for
-    the same speaker): a trial list from another version of the corpus fails here, not as a
-    silently wrong EER.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: trial list not found. Restore it, or re-run the preparer that wrote "
-                          "the manifest (it records the trial list in manifest.json).")
-    speaker_of = dict(zip(table["clip_id"], table["speaker"]))
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 3 or parts[0] not in ("0", "1"):
-            raise ConfigError(f"{path}:{lineno}: expected 'LABEL ENROLL TEST' with LABEL 1 (same speaker) or 0 "
-                              f"(different speakers), got {line.strip()!r}")
-        ids = [_trial_clip_id(p, speaker_of) for p in parts[1:]]
-        for token, clip in zip(parts[1:], ids):
-            if clip is None:
-                raise ConfigError(f"{path}:{lineno}: {token!r} is not a clip of the manifest; the trial list "
-                                  "and the manifest come from different versions of the corpus, or the clip "
-                                  "was skipped as bad audio. Re-run the preparer.")
-        same = speaker_of[ids[0]] == speaker_of[ids[1]]
-        if same != (parts[0] == "1"):
-            raise ConfigError(f"{path}:{lineno}: labelled {parts[0]} but the manifest has {ids[0]} and {ids[1]} "
-                              f"spoken by {'the same speaker' if same else 'different speakers'}; the trial "
-                              "list does not belong to this manifest.")
-        rows.append((int(parts[0]), ids[0], ids[1]))
-    trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
-    if trials["label"].nunique() < 2:
-        raise ConfigError(f"{path}: {len(trials)} trial(s), but verification needs both target (1) and "
-                          "non-target (0) trials.")
-    return trials
-
-
-def generate_trials(clips: pd.DataFrame, seed: int = 0, num_trials: int = DEFAULT_NUM_TRIALS) -> pd.DataFrame:
-    """Balanced trials over `clips`: num_trials // 2 target and as many non-target pairs.
-
-    Target pairs are drawn uniformly over all same-speaker pairs (a speaker with n clips weighs
-    n(n-1)/2), non-target pairs uniformly over all different-speaker pairs, without repeats; each
-    pair lists the smaller clip id as enroll; the trial order is shuffled. When fewer distinct
-    pairs exist than asked for, both halves shrink to the smaller count (logged).
-    """
-    if num_trials < 2:
-        raise ConfigError(f"num_trials must be at least 2 (one target, one non-target), got {num_trials}")
-    clips = clips.sort_values("clip_id", kind="stable")
-    ids = clips["clip_id"].to_numpy()
-    speakers = clips["speaker"].to_numpy()
-    groups = [np.flatnonzero(speakers == s) for s in sorted(set(speakers))]
-    weights = np.array([len(g) * (len(g) - 1) // 2 for g in groups], dtype=np.float64)
-    available_target = int(weights.sum())
-    available_nontarget = len(ids) * (len(ids) - 1) // 2 - available_target
-    if available_target == 0 or available_nontarget == 0:
-        raise ConfigError(f"cannot make verification trials from {len(ids)} clip(s) of {len(groups)} speaker(s): "
-                          "target trials need a speaker with 2 clips, non-target trials 2 speakers.")
-    per_side = min(num_trials // 2, available_target, available_nontarget)
-    if per_side < num_trials // 2:
-        log.warning("only %d target and %d non-target pairs exist: generating %d of each instead of %d",
-                    available_target, available_nontarget, per_side, num_trials // 2)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7B1A15]))
-    target: set[tuple[int, int]] = set()
-    while len(target) < per_side:
-        group = groups[rng.choice(len(groups), p=weights / weights.sum())]
-        i, j = rng.choice(group, size=2, replace=False)
-        target.add((min(i, j), max(i, j)))
-    nontarget: set[tuple[int, int]] = set()
-    while len(nontarget) < per_side:
-        i, j = rng.integers(len(ids), size=2)
-        if speakers[i] != speakers[j]:
-            nontarget.add((min(i, j), max(i, j)))
-    pairs = [(1, i, j) for i, j in sorted(target)] + [(0, i, j) for i, j in sorted(nontarget)]
-    pairs = [pairs[k] for k in rng.permutation(len(pairs))]
-    return pd.DataFrame([(label, ids[i], ids[j]) for label, i, j in pairs], columns=list(TRIAL_COLUMNS))
-
-
-def trials_text(trials: pd.DataFrame) -> str:
-    """The VoxCeleb trial format: one "LABEL ENROLL TEST" line per trial."""
-    return "".join(f"{int(label)} {a} {b}\n" for label, a, b in trials[list(TRIAL_COLUMNS)].itertuples(index=False))
-
-
-def generated_trials_path(manifest: Manifest, seed: int, num_trials: int = DEFAULT_NUM_TRIALS) -> Path:
-    suffix = "" if num_trials == DEFAULT_NUM_TRIALS else f"-n{num_trials}"
-    return manifest.root / f"trials-{seed}{suffix}.txt"
-
-
-def ensure_trials(manifest: Manifest, clips: pd.DataFrame, seed: int = 0,
-                  num_trials: int = DEFAULT_NUM_TRIALS) -> tuple[pd.DataFrame, Path]:
-    """Generate the trials over `clips` and save them beside the manifest (atomically) unless the
-    file already holds exactly them; return (trials, path). Generation is deterministic, so the
-    file only changes when the manifest does."""
-    trials = generate_trials(clips, seed, num_trials)
-    path = generated_trials_path(manifest, seed, num_trials)
-    text = trials_text(trials)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        if path.is_file():
-            log.warning("%s held other trials (the manifest changed); rewriting it", path)
-        atomic_write_bytes(path, text.encode())
-    return trials, path
-
-
 # --- emotion ----------------------------------------------------------------------------------
 
 def split_of_fold(fold_values: Sequence[int], test_fold: int) -> dict[int, str]:
@@ -381,93 +264,6 @@ def _emotion_view(manifest: Manifest, label_map: str | Path | None) -> TaskView:
     return TaskView("emotion", "emotion", labels, folds[0], folds=folds, dropped=dropped,
                     notes=notes + f"leave-one-{fold_column}-out over {len(folds)} {fold_column}s, "
                                   f"the next {fold_column} validates")
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """A shared label space and, per corpus, its labels -> a shared label (None: dropped)."""
-
-    source: Path
-    shared: tuple[str, ...]
-    corpora: dict[str, dict[str, str | None]]
-
-
-def load_label_map(spec: str | Path) -> LabelMap:
-    """Read a label map: a YAML file, or the name of one in bench/data/prepare/label_maps ("emotion").
-
-    Format: `shared: [labels]` and `corpora: {corpus name: {corpus label: shared label or null}}`.
-    """
-    path = Path(spec)
-    if not path.suffix and (LABEL_MAP_DIR / f"{spec}.yaml").is_file():
-        path = LABEL_MAP_DIR / f"{spec}.yaml"
-    if not path.is_file():
-        shipped = sorted(p.stem for p in LABEL_MAP_DIR.glob("*.yaml"))
-        raise ConfigError(f"label map {str(spec)!r}: no such file, and not one of the shipped maps "
-                          f"({', '.join(shipped)})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("shared"), list) or not isinstance(data.get("corpora"), dict):
-        raise ConfigError(f"{path}: a label map needs 'shared' (a list of labels) and 'corpora' (corpus name -> "
-                          "{corpus label: shared label or null})")
-    shared = tuple(str(x) for x in data["shared"])
-    if not shared or len(set(shared)) != len(shared):
-        raise ConfigError(f"{path}: 'shared' must list distinct labels, got {list(shared)}")
-    corpora: dict[str, dict[str, str | None]] = {}
-    for corpus, entry in data["corpora"].items():
-        if not isinstance(entry, dict) or not entry:
-            raise ConfigError(f"{path}: corpora.{corpus} must map that corpus's labels to shared labels")
-        for key, target in entry.items():
-            if not isinstance(key, str):
-                raise ConfigError(f"{path}: corpora.{corpus}: label {key!r} must be a string; quote codes "
-                                  "such as '01' (YAML reads 01 as the number 1)")
-            if target is not None and target not in shared:
-                raise ConfigError(f"{path}: corpora.{corpus}.{key} maps to {target!r}, which is not in shared "
-                                  f"{list(shared)}; use one of them, or null to drop the label")
-        corpora[str(corpus)] = dict(entry)
-    return LabelMap(path, shared, corpora)
-
-
-def corpus_key(manifest: Manifest) -> str:
-    """The name a label map knows a manifest's corpus by: 'embedded' or manifest.json's name."""
-    if manifest.meta.get("kind") == "embedded":
-        return "embedded"
-    name = manifest.meta.get("name")
-    if not name:
-        raise ConfigError(f"{manifest.path}: manifest.json names no corpus, so no label map entry applies. "
-                          "Re-run the preparer.")
-    return str(name)
-
-
-def apply_label_map(table: pd.DataFrame, label_map: LabelMap, corpus: str,
-                    source: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    """(rows kept with `emotion` in the shared space, dropped rows per original label).
-
-    The map's keys are matched against `emotion_code` (the label as the corpus spells it, written
-    by the real-corpus preparers) where the table has it, else against `emotion`. A label the map
-    does not list is an error: dropping it silently would change the task unnoticed. The
-    original value is kept in `emotion_original`.
-    """
-    if corpus not in label_map.corpora:
-        raise ConfigError(f"{label_map.source}: no entry for corpus {corpus!r} ({source}); it maps "
-                          f"{', '.join(sorted(label_map.corpora))}. Add one under 'corpora'.")
-    entry = label_map.corpora[corpus]
-    column = "emotion_code" if "emotion_code" in table.columns else "emotion"
-    values = table[column].astype(str)
-    unknown = sorted(set(values) - set(entry))
-    if unknown:
-        raise ConfigError(f"{source}: {column} value(s) {unknown} of corpus {corpus!r} are not in "
-                          f"{label_map.source}; add them under corpora.{corpus} (a shared label, or null to drop).")
-    mapped = values.map(entry)
-    keep = mapped.notna()
-    dropped = {str(k): int(v) for k, v in values[~keep].value_counts().sort_index().items()}
-    if dropped:
-        log.info("%s: label map drops %d clip(s): %s", source, int((~keep).sum()), dropped)
-    out = table[keep].copy()
-    out["emotion_original"] = out[column]
-    out["emotion"] = mapped[keep]
-    return out, dropped
 
 
 # --- accents ----------------------------------------------------------------------------------
