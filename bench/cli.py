@@ -173,7 +173,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bench.evaluate.run import RunConfig, run_experiment
+    from bench.evaluate.identity import RunConfig
+    from bench.evaluate.run import run_experiment
 
     settings = {"encoder": args.encoder, "task": args.task, "mode": args.mode, "seed": args.seed,
                 "label_fraction": args.label_fraction, "checkpoint": args.checkpoint,

@@ -17,7 +17,8 @@ from bench.evaluate.downstream import BiGRUClassifier
 from bench.errors import ConfigError
 from bench.records import append_record, read_records
 from bench.registry import Encoder, _REGISTRY, register_encoder
-from bench.evaluate.run import RunConfig, run_experiment
+from bench.evaluate.identity import RunConfig
+from bench.evaluate.run import run_experiment
 from bench.sweep.plan import load_sweep, run_sweep
 from bench.results.tables import write_tables
 
@@ -294,12 +295,12 @@ def test_readme_add_your_own_encoder_example_runs_as_written(small_corpus, tmp_p
 
 
 def test_a_killed_run_resumes_from_its_last_epoch_with_identical_results(tiny_corpus, tmp_path, monkeypatch):
-    import bench.evaluate.run as runner
+    import bench.evaluate.training as training
 
     config = _config(tiny_corpus, epochs=3, seed=11)
     reference = run_experiment(config, tmp_path / "reference.jsonl", progress=False)
 
-    real_predict, calls = runner._predict, {"n": 0}
+    real_predict, calls = training.predict, {"n": 0}
 
     def dies_in_epoch_three(*args, **kwargs):
         calls["n"] += 1
@@ -307,18 +308,18 @@ def test_a_killed_run_resumes_from_its_last_epoch_with_identical_results(tiny_co
             raise KeyboardInterrupt
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "_predict", dies_in_epoch_three)
+    monkeypatch.setattr(training, "predict", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "resumed.jsonl", progress=False)
     assert read_records(tmp_path / "resumed.jsonl") == []
-    monkeypatch.setattr(runner, "_predict", real_predict)
+    monkeypatch.setattr(training, "predict", real_predict)
     resumed = run_experiment(config, tmp_path / "resumed.jsonl", progress=False)
     assert resumed["resumed_from_epoch"] == 3 and reference["resumed_from_epoch"] is None
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
     assert strip(resumed["history"]) == strip(reference["history"])
     for key in ("test_acc", "val_acc", "best_epoch", "confusion", "config_hash", "test_predictions"):
         assert resumed[key] == reference[key]
-    assert not runner._state_path(resumed["config_hash"]).exists(), "a finished run leaves no checkpoint"
+    assert not training.state_path(resumed["config_hash"]).exists(), "a finished run leaves no checkpoint"
 
 
 def test_a_checkpoint_counts_by_content_not_path(tiny_corpus, tmp_path):
@@ -340,7 +341,7 @@ def test_a_checkpoint_counts_by_content_not_path(tiny_corpus, tmp_path):
 
 
 def test_records_carry_per_clip_predictions_k_shot_subsets_and_a_step_budget(tiny_corpus, tmp_path):
-    from bench.evaluate.run import clip_order_hash
+    from bench.evaluate.scoring import clip_order_hash
 
     records = tmp_path / "runs.jsonl"
     full = run_experiment(_config(tiny_corpus, epochs=1), records, progress=False)
@@ -370,7 +371,7 @@ def test_records_carry_per_clip_predictions_k_shot_subsets_and_a_step_budget(tin
 def test_settings_added_later_keep_the_hashes_of_earlier_records():
     # The committed reference records were hashed before task_type, k_shot, budget_steps,
     # eval_tasks and label_map existed; at their defaults these must not change any hash.
-    from bench.evaluate.run import config_hash
+    from bench.evaluate.identity import config_hash
 
     config = RunConfig(encoder="mfcc39", task="embedded:default", epochs=5, lr=1e-3, lr_drop_epoch=4,
                        lr_after_drop=1e-4)
@@ -381,12 +382,12 @@ def test_settings_added_later_keep_the_hashes_of_earlier_records():
 def test_a_run_already_running_elsewhere_is_waited_for_not_trained_twice(tiny_corpus, tmp_path):
     import threading
 
-    import bench.evaluate.run as runner
+    import bench.evaluate.identity as identity
 
     config = _config(tiny_corpus, epochs=1, seed=21)
     finished_elsewhere = run_experiment(config, tmp_path / "elsewhere.jsonl", progress=False)
     records, outcome = tmp_path / "runs.jsonl", {}
-    with runner._exclusive_run(finished_elsewhere["config_hash"]):  # another process is running it
+    with identity.exclusive_run(finished_elsewhere["config_hash"]):  # another process is running it
         waiter = threading.Thread(target=lambda: outcome.update(run_experiment(config, records, progress=False)))
         waiter.start()
         waiter.join(timeout=3.0)

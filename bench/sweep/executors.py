@@ -68,7 +68,8 @@ def record_failure(records: str | Path, config: dict, error: str, trace: str | N
 
 def execute_run(config: dict, records: str | Path, *, force: bool = False, progress: bool = False) -> dict:
     """Run one configuration in this process and return its outcome; a raising run is recorded."""
-    from bench.evaluate.run import RunConfig, run_experiment
+    from bench.evaluate.identity import RunConfig
+    from bench.evaluate.run import run_experiment
 
     try:
         record = run_experiment(RunConfig.from_dict(config), records, force=force, progress=progress)

@@ -44,7 +44,7 @@ import yaml
 from bench.errors import ConfigError
 from bench.files import atomic_write_bytes
 from bench.records import DEFAULT_RECORDS, completed, read_records, sidecar_path
-from bench.evaluate.run import RunConfig, run_identity
+from bench.evaluate.identity import RunConfig, run_identity
 from bench.data.task_types import TASK_TYPES
 from bench.registry import create_encoder, encoder_entry, split_spec
 
