@@ -206,7 +206,7 @@ def _positive_int(text: str) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from bench.sweep.executors import LocalExecutor, RayExecutor
     from bench.sweep.plan import dry_run_report, load_sweep, run_sweep
-    from bench.results.tables import write_tables
+    from bench.results.write import write_tables
 
     sweep = load_sweep(args.config)
     if args.records is not None:
@@ -230,7 +230,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:
-    from bench.results.tables import write_tables
+    from bench.results.write import write_tables
 
     if not Path(args.records).is_file():
         print(f"avbench: error: {args.records}: no run records yet. Run `avbench run` or `avbench sweep` first.",

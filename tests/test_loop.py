@@ -20,7 +20,7 @@ from bench.registry import Encoder, _REGISTRY, register_encoder
 from bench.evaluate.identity import RunConfig
 from bench.evaluate.run import run_experiment
 from bench.sweep.plan import load_sweep, run_sweep
-from bench.results.tables import write_tables
+from bench.results.write import write_tables
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

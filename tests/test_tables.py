@@ -13,8 +13,10 @@ import pytest
 
 from bench.evaluate import metrics
 from bench.errors import ConfigError
-from bench.results.tables import (collect, generalisation, render_csv, render_latex, render_markdown, significance,
-                          write_tables)
+from bench.results.render import generalisation, render_csv, render_latex, render_markdown
+from bench.results.significance import significance
+from bench.results.tables import collect
+from bench.results.write import write_tables
 
 LABELS = ["bed", "bird", "cat", "dog"]
 N_CLIPS = 100
