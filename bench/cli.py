@@ -205,7 +205,9 @@ def _positive_int(text: str) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from bench.sweep.executors import LocalExecutor, RayExecutor
-    from bench.sweep.plan import dry_run_report, load_sweep, run_sweep
+    from bench.sweep.config import load_sweep
+    from bench.sweep.cost import dry_run_report
+    from bench.sweep.run import run_sweep
     from bench.results.write import write_tables
 
     sweep = load_sweep(args.config)

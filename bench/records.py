@@ -21,7 +21,7 @@ DEFAULT_RECORDS = Path("results") / "runs.jsonl"
 
 
 def sidecar_path(records: str | Path) -> Path:
-    """`results/runs.jsonl` -> `results/runs.sweeps.json`: what bench.sweep.plan knows of the sweeps behind them."""
+    """`results/runs.jsonl` -> `results/runs.sweeps.json`: what bench.sweep.run knows of the sweeps behind them."""
     records = Path(records)
     return records.with_name(records.stem + ".sweeps.json")
 

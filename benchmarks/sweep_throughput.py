@@ -33,7 +33,8 @@ def main() -> None:
     from bench.records import read_records
     from bench.evaluate.run import run_experiment
     from bench.runtime import flush_denormals
-    from bench.sweep.plan import load_sweep, run_sweep
+    from bench.sweep.config import load_sweep
+    from bench.sweep.run import run_sweep
 
     flush_denormals()
     corpus = build_corpus(CorpusConfig.from_size("small", speakers=8, words=3, renditions=2), progress=False)

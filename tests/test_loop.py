@@ -19,7 +19,8 @@ from bench.records import append_record, read_records
 from bench.registry import Encoder, _REGISTRY, register_encoder
 from bench.evaluate.identity import RunConfig
 from bench.evaluate.run import run_experiment
-from bench.sweep.plan import load_sweep, run_sweep
+from bench.sweep.config import load_sweep
+from bench.sweep.run import run_sweep
 from bench.results.write import write_tables
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -7,7 +7,8 @@ import pytest
 
 from bench.sweep.executors import LocalExecutor, RayExecutor
 from bench.records import read_records
-from bench.sweep.plan import load_sweep, run_sweep
+from bench.sweep.config import load_sweep
+from bench.sweep.run import run_sweep
 
 ray = pytest.importorskip("ray")
 

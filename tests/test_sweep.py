@@ -22,8 +22,10 @@ from bench.paths import data_dir
 from bench.records import read_records
 from bench.registry import _REGISTRY
 from bench.evaluate.run import run_experiment
-from bench.sweep.plan import (PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, cost_table, default_seconds_per_clip_epoch,
-                         load_sweep, plan_runs, run_sweep, sidecar_path, write_sidecar)
+from bench.records import sidecar_path
+from bench.sweep.config import PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, load_sweep
+from bench.sweep.cost import cost_table, default_seconds_per_clip_epoch
+from bench.sweep.run import plan_runs, run_sweep, write_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = "{epochs: 2, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}"
@@ -363,7 +365,8 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
 
 
 def test_modes_that_an_encoder_cannot_train_in_are_listed_not_failed(tmp_path):
-    from bench.sweep.plan import dry_run_report, load_sweep
+    from bench.sweep.config import load_sweep
+    from bench.sweep.cost import dry_run_report
 
     config = tmp_path / "paperlike.yaml"
     config.write_text("name: p\ntasks: [embedded:small]\nencoders: [mfcc39, resnet18-scratch]\n"

@@ -1,6 +1,7 @@
 """Stage 4, sweeps: takes a YAML grid of encoders x tasks x label budgets x seeds and hands on
 the evaluation runs it names, skipping those already recorded.
 
-plan.py reads the config and plans the runs, cost.py estimates what is left (`--dry-run`), and
-executors.py runs them inline, in local worker processes or as Ray tasks.
+config.py reads and checks the grid, run.py plans the runs (their config hashes) and hands the
+missing ones to an executor, cost.py estimates what is left (`--dry-run`), and executors.py runs
+them inline, in local worker processes or as Ray tasks.
 """

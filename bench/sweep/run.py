@@ -1,0 +1,123 @@
+"""`avbench sweep CONFIG.yaml`: plan the runs of a sweep and hand the missing ones to an executor
+(bench.sweep.executors).
+
+Runs already recorded (same config hash) are skipped, so a re-run does only what is missing or
+failed, and a killed sweep loses only its runs in flight (which resume from their last finished
+epoch). Records do not know which sweep made them, so the sweep's own facts (config path,
+pretraining, budget, description, deviations, its runs' config hashes) go to a sidecar beside the
+records, `runs.jsonl` -> `runs.sweeps.json`, one entry per sweep name. The entry's run hashes accumulate
+over invocations, so a sweep grown in stages (an encoder or seeds added later) still names every run it made.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.evaluate.identity import RunConfig, run_identity
+from bench.files import atomic_write_bytes
+from bench.records import completed, read_records, sidecar_path
+from bench.sweep.config import Sweep
+
+log = logging.getLogger("avbench.sweep")
+
+
+@dataclass
+class PlannedRun:
+    config: RunConfig
+    label: str
+    config_hash: str | None  # None: the task or checkpoint does not resolve (the run will fail, recorded)
+    problem: str | None = None
+    manifest: Any = None
+
+
+def run_label(config: RunConfig) -> str:
+    labels = f"{config.k_shot}-shot" if config.k_shot else f"{100 * config.label_fraction:g}% labels"
+    evals = f" -> {','.join(config.eval_tasks)}" if config.eval_tasks else ""
+    kind = "" if config.task_type == "words" else f" {config.task_type}"
+    return f"{config.encoder} on {config.task}{evals}{kind} ({config.mode}, {labels}, seed {config.seed})"
+
+
+def plan_runs(sweep: Sweep, progress: bool = False) -> list[PlannedRun]:
+    """Each run with the config hash run_experiment will give it (tasks are resolved, once each)."""
+    from bench.data.tasks import resolve_task
+
+    manifests: dict[str, Any] = {}
+    checkpoints: dict[str, str | None] = {}
+    plan = []
+    for config in sweep.runs:
+        try:
+            if config.task not in manifests:
+                manifests[config.task] = resolve_task(config.task, progress=progress)
+            manifest = manifests[config.task]
+            chash = run_identity(config, manifest.manifest_id, checkpoints)[2]
+            plan.append(PlannedRun(config, run_label(config), chash, manifest=manifest))
+        except Exception as exc:  # the run itself will fail with this error and be recorded
+            plan.append(PlannedRun(config, run_label(config), None, problem=f"{type(exc).__name__}: {exc}"))
+    return plan
+
+
+def write_sidecar(sweep: Sweep, plan: list[PlannedRun]) -> Path:
+    """Merge this sweep's entry into the sidecar (atomic replace, under a lock against other sweeps)."""
+    path = sidecar_path(sweep.records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            entries = json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc}); fix or delete it (it only describes sweeps).") from exc
+        # Relative to the records' folder where it can be: the sidecar is committed with them.
+        source = Path(os.path.relpath(sweep.source.resolve(), path.parent.resolve()))
+        # A union over every invocation of the sweep: a sweep grown in stages (more encoders, more
+        # seeds) keeps naming the runs its earlier stages recorded.
+        earlier = set(entries.get(sweep.name, {}).get("config_hashes", []))
+        entries[sweep.name] = {"config": str(source), "description": sweep.description,
+                               "deviations_from_paper": sweep.deviations, "pretraining": sweep.pretraining,
+                               "budget": sweep.budget,
+                               "config_hashes": sorted(earlier | {p.config_hash for p in plan if p.config_hash})}
+        atomic_write_bytes(path, (json.dumps(entries, indent=2, sort_keys=True, default=str) + "\n").encode())
+    return path
+
+
+def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, executor=None,
+              plugins: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Run every configuration not yet recorded; return counts of done and skipped runs and the failures.
+
+    `executor` is one of bench.sweep.executors' (default: inline, one run after another in this process).
+    """
+    from bench.sweep.executors import InlineExecutor
+
+    plan = plan_runs(sweep, progress=progress)
+    write_sidecar(sweep, plan)
+    if sweep.not_applicable:
+        log.info("not applicable, left out of the grid: %s", ", ".join(sweep.not_applicable))
+    done = {} if force else completed(read_records(sweep.records))
+    summary: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": []}
+    jobs = []
+    for i, run in enumerate(plan, 1):
+        if run.config_hash in done:
+            summary["skipped"] += 1
+        else:
+            jobs.append({"index": i, "label": f"[{i}/{len(plan)}] {run.label}", "config": asdict(run.config)})
+    if summary["skipped"]:
+        log.info("sweep %s: %d of %d run(s) already recorded in %s", sweep.name, summary["skipped"], len(plan),
+                 sweep.records)
+    for job, outcome in (executor or InlineExecutor(progress=progress)).execute(
+            jobs, sweep.records, force=force, plugins=plugins):
+        if outcome["status"] == "failed":
+            log.error("%s failed: %s", job["label"], outcome["error"])
+            summary["failed"].append(f"{job['label']}: {outcome['error']}")
+        elif outcome["status"] == "skipped":  # recorded by another process since planning
+            summary["skipped"] += 1
+        else:
+            summary["ran"] += 1
+            log.info("%s: test %.2f%% (best val %.2f%% at epoch %d), %.0f s", job["label"], 100 * outcome["test_acc"],
+                     100 * outcome["val_acc"], outcome["best_epoch"], outcome["wall_seconds"])
+    return summary
