@@ -22,9 +22,7 @@ run resumed from step k ends at the same weights as an uninterrupted one (tested
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -42,7 +40,9 @@ from bench.checkpoints import atomic_torch_save
 from bench.errors import ConfigError
 from bench.data.manifest import Manifest
 from bench.files import atomic_write_bytes
-from bench.pretrain.objective import CropInfo, PretextContext, hidden_parameter_names, pretext_factory
+from bench.pretrain.curve import write_curve
+from bench.pretrain.distributed import Distributed
+from bench.pretrain.objective import CropInfo, Pretext, PretextContext, pretext_factory
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
@@ -145,114 +145,31 @@ class CropSampler:
         return wav, lengths, info
 
 
-def _write_curve(out: Path, rows: list[dict[str, Any]], title: str) -> None:
-    if not rows:
-        return
-    columns = list(rows[0])
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out / "loss.csv", buf.getvalue().encode())
+@dataclass
+class _Session:
+    """One pretraining run in progress: what it trains, and how far it has come."""
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    losses = [c for c in columns if c == "loss" or c.startswith("loss_")]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = [r["step"] for r in rows]
-    for c in losses:
-        ax.plot(steps, [r.get(c, float("nan")) for r in rows], label=c, linewidth=1.5 if c == "loss" else 0.8)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (mean over logging window)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if len(losses) > 1:
-        ax.legend(fontsize=7, ncol=2)
-    png = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    atomic_write_bytes(out / "loss.png", png.getvalue())
-
-
-class _Distributed:
-    """torchrun's process group, or a world of one.
-
-    Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1 in the environment) every rank builds the
-    same model from the same seed, trains on its slice of each global batch through
-    DistributedDataParallel (gloo on CPU, nccl on CUDA), whose gradient all-reduce averages the
-    ranks' gradients, and only rank 0 writes files. With equal slices and a loss that is a mean
-    over equal-sized parts, one step equals the single-process step on the whole batch (tested).
-    BatchNorm statistics stay per rank (SyncBatchNorm has no CPU kernel).
-    """
-
-    def __init__(self) -> None:
-        import os
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.active = self.world > 1
-        if self.active:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-            if "OMP_NUM_THREADS" not in os.environ:
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
+    config: PretrainConfig
+    out: Path
+    dist: Distributed
+    manifest: Manifest
+    encoder: torch.nn.Module
+    context: PretextContext
+    pretext: Pretext
+    sampler: CropSampler
+    optimizer: torch.optim.Optimizer
+    total_steps: int
+    lr: float
+    identity: dict[str, Any]
+    denormals_flushed: bool
+    step: int = 0
+    rows: list = field(default_factory=list)
+    snapshots: list = field(default_factory=list)
+    elapsed: float = 0.0
 
     @property
-    def writer(self) -> bool:
-        return self.rank == 0
-
-    def part(self, batch_size: int) -> slice:
-        if batch_size % self.world:
-            raise ConfigError(f"--batch-size {batch_size} must be a multiple of the {self.world} processes: each "
-                              "takes an equal slice of every global batch")
-        share = batch_size // self.world
-        return slice(self.rank * share, (self.rank + 1) * share)
-
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        if not self.active:
-            return module
-        from torch.nn.parallel import DistributedDataParallel
-
-        # DDP gathers parameters submodule by submodule, past a pretext's own named_parameters():
-        # name the ones that pretext hides (self-optimised discriminators) so DDP leaves them alone.
-        hidden = hidden_parameter_names(module)
-        if hidden:
-            module._ddp_params_and_buffers_to_ignore = hidden
-        return DistributedDataParallel(module, find_unused_parameters=False)
-
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Average logged numbers over ranks, so the curve describes the global batch."""
-        if not self.active:
-            return values
-        import torch.distributed as dist
-
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.active:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()
+    def last(self) -> Path:
+        return self.out / "checkpoint-last.pt"
 
 
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
@@ -260,12 +177,10 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     """Pretrain `config.encoder` with its objective; return the summary written to pretrain.json.
 
     `stop_after` ends the run after that many steps as if killed (tests and benchmarks use it).
-    Under torchrun the same call trains data-parallel (see `_Distributed`).
+    Under torchrun the same call trains data-parallel (see `Distributed`).
     """
-    from tqdm import tqdm
-
     config = config.validated()
-    dist = _Distributed()
+    dist = Distributed()
     part = dist.part(config.batch_size)
     out = Path(out)
     last = out / "checkpoint-last.pt"
@@ -274,6 +189,24 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
                           "it, --force to start over, or choose another --out.")
     if resume and not last.exists():
         raise ConfigError(f"--resume: no {last} to resume from; drop --resume to start a new run.")
+    session = _start(config, out, dist, progress)
+    if resume:
+        _resume(session)
+    elif force and dist.writer:
+        last.unlink(missing_ok=True)
+    if dist.writer:
+        out.mkdir(parents=True, exist_ok=True)
+    end = session.total_steps if stop_after is None else min(session.total_steps, session.step + stop_after)
+    summary = _train(session, part, end, progress)
+    dist.barrier()
+    if summary is None:  # nothing to do: already at the budget
+        summary = json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").exists() \
+            else _save(session)
+    return summary if dist.writer else {}
+
+
+def _start(config: PretrainConfig, out: Path, dist: Distributed, progress: bool) -> _Session:
+    """Build the encoder, its objective, the crops and the optimizer, each from its own seed."""
     denormals_flushed = flush_denormals()
     manifest = resolve_task(config.data, progress=progress and dist.writer)
     torch.manual_seed(_seed_of(config.seed, "init") % 2**63)
@@ -292,104 +225,110 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
         # Ranks draw different dropout masks, negatives and contamination; resuming restores each.
         torch.manual_seed(_seed_of(config.seed, "rank", dist.rank) % 2**63)
         context.generator.manual_seed(_seed_of(config.seed, "context", dist.rank) % 2**63)
+    return _Session(config, out, dist, manifest, encoder, context, pretext, sampler, optimizer, total_steps, lr,
+                    identity, denormals_flushed)
 
-    step, rows, snapshots, elapsed = 0, [], [], 0.0
-    if resume:
-        saved = torch.load(last, map_location="cpu", weights_only=False)
-        if saved.get("format") != FORMAT:
-            raise ConfigError(f"{last}: not an avbench pretraining checkpoint (format {saved.get('format')!r}).")
-        if saved["identity"] != identity:
-            diff = sorted(k for k in set(identity) | set(saved["identity"])
-                          if identity.get(k) != saved["identity"].get(k))
-            raise ConfigError(f"{last}: --resume with different settings ({', '.join(diff)}); a resumed run must "
-                              "match the one it continues (only --steps/--epochs may grow).")
-        # Checkpoints written before distributed training held one process's random states.
-        saved.setdefault("rng", [{"torch": saved.get("torch_rng"), "context": saved.get("context_rng")}])
-        if len(saved["rng"]) != dist.world:
-            raise ConfigError(f"{last}: saved by {len(saved['rng'])} process(es); resume it with as many "
-                              f"(now {dist.world}), or the random streams would not continue.")
-        pretext.load_state_dict(saved["pretext"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"][dist.rank]["torch"])
-        context.generator.set_state(saved["rng"][dist.rank]["context"])
-        step, rows, snapshots, elapsed = saved["step"], saved["rows"], saved.get("snapshots", []), saved["seconds"]
-        if step >= total_steps:
-            log.info("%s is already at step %d of %d", out, step, total_steps)
-        else:
-            log.info("resuming %s at step %d of %d", config.encoder, step, total_steps)
-    elif force and dist.writer:
-        last.unlink(missing_ok=True)
-    if dist.writer:
-        out.mkdir(parents=True, exist_ok=True)
-    model = dist.wrap(pretext)
 
-    def save() -> dict[str, Any]:
-        # Every rank takes part in the gather; only rank 0 writes.
-        rng = dist.gather({"torch": torch.get_rng_state(), "context": context.generator.get_state()})
-        if not dist.writer:
-            return {}
-        if hasattr(pretext, "snapshot"):  # e.g. generated vs real mouth frames on held-out clips
-            pretext.eval()
-            with torch.no_grad():
-                snapshots.append({"step": step, **pretext.snapshot(out, step)})
-            pretext.train()
-        summary = {
-            "format": FORMAT, "encoder": config.encoder, "config": {**asdict(config), "splits": list(config.splits)},
-            "lr": lr, "data": config.data, "manifest_id": manifest.manifest_id,
-            "data_name": manifest.meta.get("name", manifest.path.parent.name), "clips": len(sampler.paths),
-            "steps_per_epoch": sampler.steps_per_epoch, "step": step, "total_steps": total_steps,
-            "epochs_done": round(step / sampler.steps_per_epoch, 3), "seconds": round(elapsed, 1),
-            "processes": dist.world, "encoder_params": count_parameters(encoder),
-            "pretext_params": count_parameters(pretext), "pretext": pretext.config(),
-            "final_loss": rows[-1]["loss"] if rows else None, "snapshots": snapshots,
-            "git_commit": git_commit(), "avbench_version": __version__, "torch_version": torch.__version__,
-            "flush_denormal": denormals_flushed,
-        }
-        atomic_torch_save(last, {"format": FORMAT, "identity": identity, "step": step, "rows": rows,
-                                 "snapshots": snapshots, "seconds": elapsed, "pretext": pretext.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "rng": rng})
-        atomic_torch_save(out / "encoder.pt", {"format": FORMAT, "encoder": encoder.state_dict(),
-                                               "encoder_name": config.encoder, "encoder_kwargs": config.encoder_kwargs,
-                                               "step": step, "manifest_id": manifest.manifest_id})
-        _write_curve(out, rows, f"{config.encoder} pretraining on {summary['data_name']}")
-        atomic_write_bytes(out / "pretrain.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
-        return summary
+def _resume(s: _Session) -> None:
+    """Continue from checkpoint-last.pt: weights, optimizer, every rank's random streams, the curve."""
+    saved = torch.load(s.last, map_location="cpu", weights_only=False)
+    if saved.get("format") != FORMAT:
+        raise ConfigError(f"{s.last}: not an avbench pretraining checkpoint (format {saved.get('format')!r}).")
+    if saved["identity"] != s.identity:
+        diff = sorted(k for k in set(s.identity) | set(saved["identity"])
+                      if s.identity.get(k) != saved["identity"].get(k))
+        raise ConfigError(f"{s.last}: --resume with different settings ({', '.join(diff)}); a resumed run must "
+                          "match the one it continues (only --steps/--epochs may grow).")
+    # Checkpoints written before distributed training held one process's random states.
+    saved.setdefault("rng", [{"torch": saved.get("torch_rng"), "context": saved.get("context_rng")}])
+    if len(saved["rng"]) != s.dist.world:
+        raise ConfigError(f"{s.last}: saved by {len(saved['rng'])} process(es); resume it with as many "
+                          f"(now {s.dist.world}), or the random streams would not continue.")
+    s.pretext.load_state_dict(saved["pretext"])
+    s.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"][s.dist.rank]["torch"])
+    s.context.generator.set_state(saved["rng"][s.dist.rank]["context"])
+    s.step, s.rows, s.snapshots, s.elapsed = saved["step"], saved["rows"], saved.get("snapshots", []), saved["seconds"]
+    if s.step >= s.total_steps:
+        log.info("%s is already at step %d of %d", s.out, s.step, s.total_steps)
+    else:
+        log.info("resuming %s at step %d of %d", s.config.encoder, s.step, s.total_steps)
 
-    pretext.train()
+
+def _train(s: _Session, part: slice, end: int, progress: bool) -> dict[str, Any] | None:
+    """Optimizer steps up to `end`, logging every log_every and saving every save_every steps;
+    return the summary of the last save (None when there was no step to take)."""
+    from tqdm import tqdm
+
+    config = s.config
+    model = s.dist.wrap(s.pretext)
+    s.pretext.train()
     window: dict[str, list[float]] = {}
-    end = total_steps if stop_after is None else min(total_steps, step + stop_after)
-    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {config.encoder}", unit="step",
-               disable=not (progress and dist.writer))
+    bar = tqdm(total=s.total_steps, initial=s.step, desc=f"pretrain {config.encoder}", unit="step",
+               disable=not (progress and s.dist.writer))
     started = time.time()
     summary = None
-    while step < end:
-        wav, lengths, info = sampler.batch(step, part)
+    while s.step < end:
+        wav, lengths, info = s.sampler.batch(s.step, part)
         losses = model(wav, lengths, info=info)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {step + 1}; "
+            raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {s.step + 1}; "
                                      "lower --lr or check the data")
-        optimizer.zero_grad(set_to_none=True)
+        s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(pretext.parameters(), config.max_grad_norm)
-        optimizer.step()
-        step += 1
+            torch.nn.utils.clip_grad_norm_(s.pretext.parameters(), config.max_grad_norm)
+        s.optimizer.step()
+        s.step += 1
         for k, v in losses.items():
             window.setdefault(k, []).append(float(v.detach()))
         bar.update(1)
-        if step % config.log_every == 0 or step % config.save_every == 0 or step == end:
-            row = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4)}
-            row.update(dist.mean({k: float(np.mean(v)) for k, v in window.items()}))
-            rows.append({k: (round(v, 6) if isinstance(v, float) and k not in ("epoch",) else v) for k, v in row.items()})
+        if s.step % config.log_every == 0 or s.step % config.save_every == 0 or s.step == end:
+            row = {"step": s.step, "epoch": round(s.step / s.sampler.steps_per_epoch, 4)}
+            row.update(s.dist.mean({k: float(np.mean(v)) for k, v in window.items()}))
+            s.rows.append({k: (round(v, 6) if isinstance(v, float) and k not in ("epoch",) else v)
+                           for k, v in row.items()})
             window = {}
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if step % config.save_every == 0 or step == end:
-            elapsed += time.time() - started
+        if s.step % config.save_every == 0 or s.step == end:
+            s.elapsed += time.time() - started
             started = time.time()
-            summary = save()
+            summary = _save(s)
     bar.close()
-    dist.barrier()
-    if summary is None:  # nothing to do: already at the budget
-        summary = json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").exists() else save()
-    return summary if dist.writer else {}
+    return summary
+
+
+def _save(s: _Session) -> dict[str, Any]:
+    """Write checkpoint-last.pt, encoder.pt, the curve and pretrain.json (rank 0); return the summary."""
+    # Every rank takes part in the gather; only rank 0 writes.
+    rng = s.dist.gather({"torch": torch.get_rng_state(), "context": s.context.generator.get_state()})
+    if not s.dist.writer:
+        return {}
+    config, manifest, pretext = s.config, s.manifest, s.pretext
+    if hasattr(pretext, "snapshot"):  # e.g. generated vs real mouth frames on held-out clips
+        pretext.eval()
+        with torch.no_grad():
+            s.snapshots.append({"step": s.step, **pretext.snapshot(s.out, s.step)})
+        pretext.train()
+    summary = {
+        "format": FORMAT, "encoder": config.encoder, "config": {**asdict(config), "splits": list(config.splits)},
+        "lr": s.lr, "data": config.data, "manifest_id": manifest.manifest_id,
+        "data_name": manifest.meta.get("name", manifest.path.parent.name), "clips": len(s.sampler.paths),
+        "steps_per_epoch": s.sampler.steps_per_epoch, "step": s.step, "total_steps": s.total_steps,
+        "epochs_done": round(s.step / s.sampler.steps_per_epoch, 3), "seconds": round(s.elapsed, 1),
+        "processes": s.dist.world, "encoder_params": count_parameters(s.encoder),
+        "pretext_params": count_parameters(pretext), "pretext": pretext.config(),
+        "final_loss": s.rows[-1]["loss"] if s.rows else None, "snapshots": s.snapshots,
+        "git_commit": git_commit(), "avbench_version": __version__, "torch_version": torch.__version__,
+        "flush_denormal": s.denormals_flushed,
+    }
+    atomic_torch_save(s.last, {"format": FORMAT, "identity": s.identity, "step": s.step, "rows": s.rows,
+                               "snapshots": s.snapshots, "seconds": s.elapsed, "pretext": pretext.state_dict(),
+                               "optimizer": s.optimizer.state_dict(), "rng": rng})
+    atomic_torch_save(s.out / "encoder.pt", {"format": FORMAT, "encoder": s.encoder.state_dict(),
+                                             "encoder_name": config.encoder, "encoder_kwargs": config.encoder_kwargs,
+                                             "step": s.step, "manifest_id": manifest.manifest_id})
+    write_curve(s.out, s.rows, f"{config.encoder} pretraining on {summary['data_name']}")
+    atomic_write_bytes(s.out / "pretrain.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    return summary
