@@ -1,0 +1,61 @@
+"""The pretraining stage's command: `avbench pretrain NAME --data MANIFEST --steps N`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.arguments import key_values
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining of an encoder on a manifest's audio "
+                                          "(labels ignored); resumable")
+    pre.add_argument("name", help="encoder with an objective: see `avbench list` (apc, wav2vec, pase+, ...)")
+    pre.add_argument("--data", required=True,
+                     help="embedded[:small|default|large], a manifest path, or a prepared corpus name")
+    budget = pre.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="budget in optimizer steps")
+    budget.add_argument("--epochs", type=float, help="budget in passes over the clips (turned into steps)")
+    pre.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    pre.add_argument("--crop-seconds", dest="crop_seconds", type=float, default=1.0,
+                     help="random crop length; shorter clips are padded (default 1.0)")
+    pre.add_argument("--lr", type=float, default=None, help="Adam lr (default: the objective's own)")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--splits", default="train",
+                     help="comma-separated manifest splits to read (default train: keep test speakers unseen)")
+    pre.add_argument("--save-every", dest="save_every", type=int, default=500, help="checkpoint period in steps")
+    pre.add_argument("--log-every", dest="log_every", type=int, default=10, help="loss-curve period in steps")
+    pre.add_argument("--encoder-arg", dest="encoder_arg", action="append", metavar="KEY=VALUE")
+    pre.add_argument("--pretext-arg", dest="pretext_arg", action="append", metavar="KEY=VALUE",
+                     help="objective argument, e.g. --pretext-arg n_ahead=5 (repeatable)")
+    pre.add_argument("--out", type=Path, default=None,
+                     help="output folder (default $AVBENCH_DATA/pretrained/NAME-DATA-BUDGET-seedS)")
+    pre.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
+    pre.add_argument("--force", action="store_true", help="start over even if OUT holds a checkpoint")
+    pre.set_defaults(func=_cmd_pretrain)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from bench.paths import data_dir
+    from bench.pretrain.loop import PretrainConfig, pretrain
+
+    config = PretrainConfig(
+        encoder=args.name, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+        crop_seconds=args.crop_seconds, lr=args.lr, seed=args.seed, splits=tuple(args.splits.split(",")),
+        save_every=args.save_every, log_every=args.log_every,
+        encoder_kwargs=key_values(args.encoder_arg, "--encoder-arg"),
+        pretext_kwargs=key_values(args.pretext_arg, "--pretext-arg")).validated()
+    if args.out is None:
+        budget = f"{config.steps}steps" if config.steps is not None else f"{config.epochs:g}epochs"
+        data = Path(config.data).name if "/" in config.data else config.data.replace(":", "-")
+        args.out = data_dir() / "pretrained" / f"{config.encoder}-{data}-{budget}-seed{config.seed}"
+    summary = pretrain(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    if not summary:  # a torchrun rank other than 0: rank 0 reports
+        return 0
+    print(f"{config.encoder} pretrained on {summary['data_name']} ({summary['clips']} clips): step "
+          f"{summary['step']}/{summary['total_steps']} ({summary['epochs_done']:g} epochs), final loss "
+          f"{summary['final_loss']}, {summary['seconds']:.0f} s")
+    print(f"curve:   {Path(args.out) / 'loss.csv'} and loss.png")
+    print(f"encoder: {config.encoder}@{Path(args.out) / 'encoder.pt'}")
+    return 0
