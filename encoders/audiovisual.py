@@ -26,7 +26,7 @@ from torch import nn
 from bench.errors import ConfigError
 from bench.pretrain.objective import CropInfo, Pretext, PretextContext, register_pretext
 from bench.registry import register_encoder
-from encoders.attributes import AttributePretext, attribute_pretext
+from encoders.attribute_pretext import AttributePretext, attribute_pretext
 from encoders.resnet1d import HOP, STAGE_CHANNELS, ResNet1dEncoder
 from encoders.visual import VisualPretext
 

@@ -13,8 +13,9 @@ from bench.errors import ConfigError
 from bench.data.manifest import read_manifest, write_manifest
 from bench.paths import data_dir
 from bench.pretrain.objective import CropInfo, PretextContext
-from encoders.attributes import (HOP, PROSODY, AttributePretext, AttributeTargets, attribute_pretext,
-                                 corpus_statistics, subframe_centres, target_cache_key)
+from encoders.attribute_pretext import AttributePretext, attribute_pretext
+from encoders.attribute_target_cache import corpus_statistics, target_cache_key
+from encoders.attributes import HOP, PROSODY, AttributeTargets, subframe_centres
 from encoders.resnet1d import ResNet18Audio, ResNet1dEncoder
 
 SMALL = (8, 8, 16, 16)  # narrow channels: the architecture is the paper's, the test takes seconds

@@ -23,7 +23,9 @@ from bench.pretrain.loop import CropSampler, PretrainConfig, pretrain
 from bench.registry import count_parameters, create_encoder
 from encoders.logmel_l1 import LogMelL1Encoder, logmel_l1_pretext
 from encoders.resnet1d import ResNet18Audio, ResNet1dEncoder
-from encoders.visual import (Adversary, SpeechDrivenGenerator, VisualPretext, generation_l1, masked_l1)
+from encoders.mouth_adversary import Adversary
+from encoders.mouth_generator import SpeechDrivenGenerator
+from encoders.visual import VisualPretext, generation_l1, masked_l1
 
 TINY = dict(channels=(8, 16, 16), id_dim=16, audio_dim=16, noise_dim=4)
 TINY_RESNET = (8, 8, 16, 16)
