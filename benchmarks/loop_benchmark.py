@@ -27,13 +27,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench.data.feature_cache import FeatureCache
 from bench.data.corpus.build import CorpusConfig, build_corpus, find_corpus
 from bench.data.datasets import CachedFeatureDataset, pad_collate
+from bench.data.feature_cache import FeatureCache
 from bench.evaluate.downstream import BiGRUClassifier
-from bench.sweep.executors import thread_env, usable_cores
 from bench.registry import create_encoder
 from bench.runtime import flush_denormals
+from bench.sweep.executors import thread_env, usable_cores
 
 
 def gemm_gflops(n: int = 1024, repeat: int = 10) -> float:

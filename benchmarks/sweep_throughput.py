@@ -29,11 +29,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.data.corpus.build import CorpusConfig, build_corpus
-    from bench.sweep.executors import LocalExecutor, usable_cores
-    from bench.records import read_records
     from bench.evaluate.run import run_experiment
+    from bench.records import read_records
     from bench.runtime import flush_denormals
     from bench.sweep.config import load_sweep
+    from bench.sweep.executors import LocalExecutor, usable_cores
     from bench.sweep.run import run_sweep
 
     flush_denormals()

@@ -20,9 +20,9 @@ import torch
 
 
 def load_pretext(run: Path):
+    from bench.data.tasks import resolve_task
     from bench.pretrain.objective import PretextContext, pretext_factory
     from bench.registry import create_encoder
-    from bench.data.tasks import resolve_task
 
     summary = json.loads((run / "pretrain.json").read_text())
     config = summary["config"]

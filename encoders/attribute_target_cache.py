@@ -37,8 +37,8 @@ import torch
 
 from bench.data.cache_entry import CachedFeatures
 from bench.data.feature_cache import FeatureCache
-from bench.errors import ConfigError
 from bench.data.manifest import Manifest
+from bench.errors import ConfigError
 from bench.files import atomic_write_bytes
 from bench.paths import data_dir
 from encoders.attributes import VOICED, AttributeTargets

@@ -44,10 +44,10 @@ from torch import nn
 
 from baselines.functional import length_mask
 from bench.data.audio import load_audio
-from bench.errors import ConfigError
 from bench.data.manifest import Manifest
-from bench.files import atomic_write_bytes
 from bench.data.mouth_frames import SAMPLES_PER_FRAME, MouthFrameSource, evenly_spaced_rows, first_video_frames
+from bench.errors import ConfigError
+from bench.files import atomic_write_bytes
 from bench.pretrain.objective import CropInfo, Pretext, PretextContext
 from bench.registry import Encoder
 from encoders.mouth_adversary import FRAME_ADV_WEIGHT, SEQ_ADV_WEIGHT, Adversary

@@ -9,8 +9,8 @@ import soundfile as sf
 import torch
 
 from bench.data.audio import load_audio
-from bench.errors import ConfigError
 from bench.data.manifest import read_manifest, write_manifest
+from bench.errors import ConfigError
 from bench.paths import data_dir
 from bench.pretrain.objective import CropInfo, PretextContext
 from encoders.attribute_pretext import AttributePretext, attribute_pretext

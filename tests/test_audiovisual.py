@@ -73,9 +73,9 @@ def test_the_joint_objective_hides_the_nested_discriminators_from_the_loop_and_d
 @pytest.mark.parametrize("name,encoder_kwargs", [("av-audio", SMALL_RESNET), ("av-visual", SMALL_RESNET),
                                                  ("av-joint", SMALL_RESNET), ("logmel-l1", {"channels": [16, 32]})])
 def test_each_pretrained_variant_fine_tunes_from_its_checkpoint(name, encoder_kwargs, tiny_corpus, tmp_path):
-    from bench.records import read_records
     from bench.evaluate.identity import RunConfig, file_hash
     from bench.evaluate.run import run_experiment
+    from bench.records import read_records
 
     pretext = {} if name == "av-audio" else {"visual": SMALL_VISUAL} if name == "av-joint" else SMALL_VISUAL
     pretrain(PretrainConfig(encoder=name, data=str(tiny_corpus.path), steps=2, batch_size=2, save_every=2,

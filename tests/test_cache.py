@@ -21,8 +21,8 @@ import bench.data.feature_cache as cache_mod
 from bench.data.audio import load_audio
 from bench.data.cache_entry import CacheStats, CachedFeatures, CorruptCacheError, FeatureError
 from bench.data.feature_cache import FeatureCache, weights_digest
-from bench.errors import ConfigError
 from bench.data.manifest import Manifest, read_manifest, write_manifest
+from bench.errors import ConfigError
 from bench.registry import Encoder
 
 HOP = 160

@@ -13,15 +13,15 @@ from torch import nn
 
 from bench.cli import main
 from bench.data.datasets import label_subset
-from bench.evaluate.downstream import BiGRUClassifier
 from bench.errors import ConfigError
-from bench.records import append_record, read_records
-from bench.registry import Encoder, _REGISTRY, register_encoder
+from bench.evaluate.downstream import BiGRUClassifier
 from bench.evaluate.identity import RunConfig
 from bench.evaluate.run import run_experiment
+from bench.records import append_record, read_records
+from bench.registry import Encoder, _REGISTRY, register_encoder
+from bench.results.write import write_tables
 from bench.sweep.config import load_sweep
 from bench.sweep.run import run_sweep
-from bench.results.write import write_tables
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.data.manifest import (MANIFEST_NAME, META_NAME, REQUIRED_COLUMNS, ManifestError, read_manifest,
-                            summarize, write_manifest)
+                                 summarize, write_manifest)
 
 
 def make_table(n: int = 6) -> pd.DataFrame:

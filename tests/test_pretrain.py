@@ -17,8 +17,8 @@ from torch import nn
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.pretrain.objective import _PRETEXTS, Pretext, PretextContext, register_pretext
 from bench.pretrain.loop import PretrainConfig, pretrain
+from bench.pretrain.objective import _PRETEXTS, Pretext, PretextContext, register_pretext
 from bench.registry import _REGISTRY, Encoder, create_encoder, register_encoder
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.sweep.executors import LocalExecutor, RayExecutor
 from bench.records import read_records
 from bench.sweep.config import load_sweep
+from bench.sweep.executors import LocalExecutor, RayExecutor
 from bench.sweep.run import run_sweep
 
 ray = pytest.importorskip("ray")

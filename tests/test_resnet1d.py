@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from bench.errors import ConfigError
-from bench.records import read_records
-from bench.registry import count_parameters, create_encoder
 from bench.evaluate.identity import RunConfig
 from bench.evaluate.run import run_experiment
+from bench.records import read_records
+from bench.registry import count_parameters, create_encoder
 from encoders.resnet1d import HOP, ResNet18Audio
 
 

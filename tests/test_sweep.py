@@ -17,14 +17,13 @@ import torch
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.sweep.executors import LocalExecutor, record_failure, usable_cores
-from bench.paths import data_dir
-from bench.records import read_records
-from bench.registry import _REGISTRY
 from bench.evaluate.run import run_experiment
-from bench.records import sidecar_path
+from bench.paths import data_dir
+from bench.records import read_records, sidecar_path
+from bench.registry import _REGISTRY
 from bench.sweep.config import PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, load_sweep
 from bench.sweep.cost import cost_table, default_seconds_per_clip_epoch
+from bench.sweep.executors import LocalExecutor, record_failure, usable_cores
 from bench.sweep.run import plan_runs, run_sweep, write_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from bench.evaluate import metrics
 from bench.errors import ConfigError
+from bench.evaluate import metrics
 from bench.results.render import generalisation, render_csv, render_latex, render_markdown
 from bench.results.significance import significance
 from bench.results.tables import collect

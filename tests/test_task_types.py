@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.errors import ConfigError
+from bench.data.label_maps import apply_label_map, load_label_map
 from bench.data.manifest import read_manifest, write_manifest
 from bench.data.prepare import cremad, iemocap, ravdess
-from bench.data.label_maps import apply_label_map, load_label_map
 from bench.data.task_types import accent_held_out_view, build_task_view, deal_utterances, split_of_fold
 from bench.data.trials import DEFAULT_NUM_TRIALS, generate_trials, load_trials, trials_text
+from bench.errors import ConfigError
 
 
 def manifest_of(folder: Path, rows: list[dict], meta: dict | None = None):

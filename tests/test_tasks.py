@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench.errors import ConfigError
 from bench.data.tasks import resolve_task, split_subset
+from bench.errors import ConfigError
 
 
 def test_split_subset_reads_conditions():
@@ -73,9 +73,9 @@ def test_the_cli_runs_a_verification_task_and_prints_its_metrics(tiny_corpus, tm
 
 
 def test_a_run_tested_on_another_task_records_it_separately(tiny_corpus, tmp_path):
-    from bench.records import read_records
     from bench.evaluate.identity import RunConfig
     from bench.evaluate.run import run_experiment
+    from bench.records import read_records
 
     base = tiny_corpus.manifest
     median = float(base.table["snr_db"].median())

@@ -13,18 +13,18 @@ import torch
 from torch import nn
 
 import encoders.logmel_l1  # noqa: F401  (registers logmel-l1 and its pretext)
-from bench.errors import ConfigError
 from bench.data.manifest import read_manifest, write_manifest
 from bench.data.mouth_frames import (SAMPLES_PER_FRAME, MouthFrameSource, evenly_spaced_rows, first_video_frames,
-                                video_frame_of_sample)
+                                     video_frame_of_sample)
 from bench.data.prepare.lrw import DEFAULT_MOUTH_CROP, prepare_lrw
-from bench.pretrain.objective import CropInfo, PretextContext, pretext_factory
+from bench.errors import ConfigError
 from bench.pretrain.loop import CropSampler, PretrainConfig, pretrain
+from bench.pretrain.objective import CropInfo, PretextContext, pretext_factory
 from bench.registry import count_parameters, create_encoder
 from encoders.logmel_l1 import LogMelL1Encoder, logmel_l1_pretext
-from encoders.resnet1d import ResNet18Audio, ResNet1dEncoder
 from encoders.mouth_adversary import Adversary
 from encoders.mouth_generator import SpeechDrivenGenerator
+from encoders.resnet1d import ResNet18Audio, ResNet1dEncoder
 from encoders.visual import VisualPretext, generation_l1, masked_l1
 
 TINY = dict(channels=(8, 16, 16), id_dim=16, audio_dim=16, noise_dim=4)

@@ -38,8 +38,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bench.errors import ConfigError
 from bench.data.manifest import Manifest
+from bench.errors import ConfigError
 
 SAMPLE_RATE = 16_000
 VIDEO_FPS = 25

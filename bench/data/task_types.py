@@ -42,10 +42,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from bench.errors import ConfigError
-from bench.data.manifest import SPLITS, Manifest
 from bench.data.label_maps import apply_label_map, corpus_key, load_label_map
+from bench.data.manifest import SPLITS, Manifest
 from bench.data.trials import DEFAULT_NUM_TRIALS, ensure_trials, load_trials
+from bench.errors import ConfigError
 
 log = logging.getLogger("avbench.task_types")
 

@@ -27,8 +27,8 @@ import re
 
 import pandas as pd
 
-from bench.errors import ConfigError
 from bench.data.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from bench.errors import ConfigError
 from bench.paths import data_dir, prepared_dir
 
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|<=|>=|=|<|>)\s*(.+?)\s*$")

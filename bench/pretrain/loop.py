@@ -35,10 +35,11 @@ import numpy as np
 import torch
 
 from bench import __version__
-from bench.data.audio import load_audio
 from bench.checkpoints import atomic_torch_save
-from bench.errors import ConfigError
+from bench.data.audio import load_audio
 from bench.data.manifest import Manifest
+from bench.data.tasks import resolve_task
+from bench.errors import ConfigError
 from bench.files import atomic_write_bytes
 from bench.pretrain.curve import write_curve
 from bench.pretrain.distributed import Distributed
@@ -46,7 +47,6 @@ from bench.pretrain.objective import CropInfo, Pretext, PretextContext, pretext_
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
-from bench.data.tasks import resolve_task
 
 log = logging.getLogger("avbench.pretrain")
 

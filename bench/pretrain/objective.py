@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
 from bench.data.manifest import Manifest
+from bench.errors import ConfigError
 from bench.registry import Encoder, _load_all
 
 __all__ = ["CropInfo", "Pretext", "hidden_parameter_names", "PretextContext", "register_pretext", "pretext_factory", "list_pretexts"]
