@@ -19,7 +19,7 @@ one small head per attribute regresses that frame's value of:
 
 Targets are computed from the clean waveform at 100 Hz with the existing code (the MFCC39 and
 LogMel encoders of `baselines.spectral`, the batched autocorrelation tracker `pitch` of
-`baselines.pase_workers`) and averaged over groups of 4 to 25 Hz.
+`baselines.pase_targets`) and averaged over groups of 4 to 25 Hz.
 
 Grid. Output frame k of the encoder covers samples [640k, 640(k+1)). The 100 Hz frames are
 computed on the waveform delayed by 80 samples (80 zeros in front, the same zeros a clip is
@@ -54,7 +54,7 @@ from torch import nn
 
 from baselines import functional as AF
 from baselines import spectral
-from baselines.pase_workers import pitch
+from baselines.pase_targets import pitch
 from bench.errors import ConfigError
 from encoders.resnet1d import HOP, ResNet18Audio
 

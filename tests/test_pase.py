@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 import baselines.pase  # noqa: F401  (registers "pase+" and its pretext)
 from baselines import pase_workers as PW
-from baselines.pase import ARCH_DEFAULTS, PASE_PLUS_CONFIG, PASEPlus
+from baselines.pase import PASEPlus
+from baselines.pase_arch import ARCH_DEFAULTS, PASE_PLUS_CONFIG
 from bench.errors import ConfigError
 from bench.pretrain.objective import PretextContext, pretext_factory
 from bench.registry import count_parameters, create_encoder

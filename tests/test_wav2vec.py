@@ -15,8 +15,8 @@ import os
 import pytest
 import torch
 
-from baselines.wav2vec import (BASE_ARCH, LARGE_ARCH, Wav2Vec, Wav2VecPretext, auto_offset,
-                               conv_output_lengths, parse_conv_layers)
+from baselines.wav2vec import Wav2Vec, Wav2VecPretext
+from baselines.wav2vec_arch import BASE_ARCH, LARGE_ARCH, auto_offset, conv_output_lengths, parse_conv_layers
 from bench.errors import ConfigError
 from bench.pretrain.objective import PretextContext, pretext_factory
 from bench.registry import count_parameters, create_encoder
