@@ -28,9 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.manifest import write_manifest
-from bench.paths import prepared_dir
 from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_files
 from bench.data.task_types import split_of_fold
+from bench.paths import prepared_dir
 
 log = logging.getLogger("avbench.prepare.iemocap")
 
@@ -89,44 +89,15 @@ def prepare_iemocap(root: str | Path, out_dir: str | Path | None = None, *, on_b
     `out_dir` defaults to bench.paths.prepared_dir("iemocap").
     """
     bad = BadAudioLog(on_bad_audio)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
-    root = root.resolve()
-    sessions = sorted(int(m.group(1)) for e in os.scandir(root) if e.is_dir() and (m := _SESSION.match(e.name)))
-    if len(sessions) < 3:
-        raise CorpusLayoutError(f"{root}: found {len(sessions)} Session folder(s) {sessions}; leave-one-session-out "
-                                f"needs at least 3 (train, valid, test). {_fix_hint()}")
+    root, sessions = _sessions(root)
     clips: list[tuple[Path, dict]] = []
     dropped: dict[str, int] = {}
     ignored: list[str] = []
     seen: set[str] = set()
     for session in sessions:
-        base = root / f"Session{session}"
-        labels_dir, wav_dir = base / "dialog" / "EmoEvaluation", base / "sentences" / "wav"
-        for folder in (labels_dir, wav_dir):
-            if not folder.is_dir():
-                raise CorpusLayoutError(f"{folder}: missing. {_fix_hint()}")
-        label_files = sorted(p for p in labels_dir.glob("*.txt") if not p.name.startswith("."))
-        if not label_files:
-            raise CorpusLayoutError(f"{labels_dir}: no EmoEvaluation .txt files. {_fix_hint()}")
-        labelled: set[str] = set()
-        for label_file in label_files:
-            for utt in parse_emo_evaluation(label_file, session):
-                if utt["utterance"] in seen:
-                    raise CorpusLayoutError(f"{label_file}: utterance {utt['utterance']} is labelled twice.")
-                seen.add(utt["utterance"])
-                labelled.add(utt["utterance"])
-                if utt["code"] not in KEPT:
-                    dropped[utt["code"]] = dropped.get(utt["code"], 0) + 1
-                    continue
-                wav = wav_dir / utt["dialog"] / f"{utt['utterance']}.wav"
-                if not wav.is_file():
-                    raise CorpusLayoutError(f"{wav}: missing, but {label_file.name} labels {utt['utterance']}. "
-                                            f"{_fix_hint()}")
-                clips.append((wav, {**utt, "session": session}))
-        ignored.extend(p.relative_to(root).as_posix() for p in sorted(wav_dir.glob("*/*.wav"))
-                       if not p.name.startswith(".") and p.stem not in labelled)
+        session_clips, session_ignored = _session_clips(root, session, seen, dropped)
+        clips.extend(session_clips)
+        ignored.extend(session_ignored)
     if ignored:
         log.warning("iemocap: %d wav file(s) have no EmoEvaluation label and are ignored, e.g. %s",
                     len(ignored), ignored[0])
@@ -138,19 +109,8 @@ def prepare_iemocap(root: str | Path, out_dir: str | Path | None = None, *, on_b
     split_of = split_of_fold(sessions, sessions[0])
     probed = probe_files([path for path, _ in clips], bad, workers=workers, progress=progress,
                          desc=f"probing {NAME}")
-    rows = []
-    for (path, utt), result in zip(clips, probed):
-        if result is None:
-            continue
-        session = utt["session"]
-        rows.append({
-            "clip_id": utt["utterance"], "audio_path": str(path), "label": KEPT[utt["code"]],
-            "speaker": f"Ses{session:02d}{utt['gender']}", "split": split_of[session], "num_samples": result[0],
-            "sample_rate": result[1], "emotion": KEPT[utt["code"]], "emotion_code": utt["code"],
-            "session": session, "gender": "female" if utt["gender"] == "F" else "male", "dialog": utt["dialog"],
-            "improvised": "_impro" in utt["dialog"], "valence": utt["vad"][0], "arousal": utt["vad"][1],
-            "dominance": utt["vad"][2], "fold": session,
-        })
+    rows = [_row(path, utt, result, split_of[utt["session"]])
+            for (path, utt), result in zip(clips, probed) if result is not None]
     log.info("%s: %s", NAME, bad.report())
     table = pd.DataFrame(rows, columns=COLUMNS)
     meta = {
@@ -166,3 +126,63 @@ def prepare_iemocap(root: str | Path, out_dir: str | Path | None = None, *, on_b
     }
     out = Path(out_dir).expanduser() if out_dir is not None else prepared_dir(NAME)
     return write_manifest(table, out, meta)
+
+
+def _sessions(root: str | Path) -> tuple[Path, list[int]]:
+    """The resolved corpus root and its session numbers (at least 3, for train, valid and test)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = root.resolve()
+    sessions = sorted(int(m.group(1)) for e in os.scandir(root) if e.is_dir() and (m := _SESSION.match(e.name)))
+    if len(sessions) < 3:
+        raise CorpusLayoutError(f"{root}: found {len(sessions)} Session folder(s) {sessions}; leave-one-session-out "
+                                f"needs at least 3 (train, valid, test). {_fix_hint()}")
+    return root, sessions
+
+
+def _session_clips(root: Path, session: int, seen: set[str],
+                   dropped: dict[str, int]) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """One session's (wav, utterance) pairs of the kept classes, and its unlabelled wavs (relative
+    to root). `seen` collects utterance ids across sessions (an id labelled twice is an error) and
+    `dropped` counts the utterances of other classes per code."""
+    base = root / f"Session{session}"
+    labels_dir, wav_dir = base / "dialog" / "EmoEvaluation", base / "sentences" / "wav"
+    for folder in (labels_dir, wav_dir):
+        if not folder.is_dir():
+            raise CorpusLayoutError(f"{folder}: missing. {_fix_hint()}")
+    label_files = sorted(p for p in labels_dir.glob("*.txt") if not p.name.startswith("."))
+    if not label_files:
+        raise CorpusLayoutError(f"{labels_dir}: no EmoEvaluation .txt files. {_fix_hint()}")
+    clips: list[tuple[Path, dict]] = []
+    labelled: set[str] = set()
+    for label_file in label_files:
+        for utt in parse_emo_evaluation(label_file, session):
+            if utt["utterance"] in seen:
+                raise CorpusLayoutError(f"{label_file}: utterance {utt['utterance']} is labelled twice.")
+            seen.add(utt["utterance"])
+            labelled.add(utt["utterance"])
+            if utt["code"] not in KEPT:
+                dropped[utt["code"]] = dropped.get(utt["code"], 0) + 1
+                continue
+            wav = wav_dir / utt["dialog"] / f"{utt['utterance']}.wav"
+            if not wav.is_file():
+                raise CorpusLayoutError(f"{wav}: missing, but {label_file.name} labels {utt['utterance']}. "
+                                        f"{_fix_hint()}")
+            clips.append((wav, {**utt, "session": session}))
+    ignored = [p.relative_to(root).as_posix() for p in sorted(wav_dir.glob("*/*.wav"))
+               if not p.name.startswith(".") and p.stem not in labelled]
+    return clips, ignored
+
+
+def _row(path: Path, utt: dict, probed: tuple[int, int], split: str) -> dict:
+    """One utterance's manifest row; `probed` is (num_samples, sample_rate)."""
+    session = utt["session"]
+    return {
+        "clip_id": utt["utterance"], "audio_path": str(path), "label": KEPT[utt["code"]],
+        "speaker": f"Ses{session:02d}{utt['gender']}", "split": split, "num_samples": probed[0],
+        "sample_rate": probed[1], "emotion": KEPT[utt["code"]], "emotion_code": utt["code"],
+        "session": session, "gender": "female" if utt["gender"] == "F" else "male", "dialog": utt["dialog"],
+        "improvised": "_impro" in utt["dialog"], "valence": utt["vad"][0], "arousal": utt["vad"][1],
+        "dominance": utt["vad"][2], "fold": session,
+    }

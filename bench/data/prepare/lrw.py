@@ -30,12 +30,12 @@ import soundfile as sf
 from tqdm import tqdm
 
 from bench.data.audio import TARGET_SAMPLE_RATE, AudioError, audio_info
-from bench.errors import ConfigError
 from bench.data.manifest import write_manifest
-from bench.paths import prepared_dir
 from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_audio
+from bench.errors import ConfigError
+from bench.paths import prepared_dir
 from bench.data.video import (VideoError, audio_track_length, check_crop, decode_audio_track, parse_crop,
-                         video_info)
+                              video_info)
 
 log = logging.getLogger("avbench.prepare.lrw")
 
@@ -271,61 +271,18 @@ def prepare_lrw(root: str | Path, out_dir: str | Path | None = None, *, on_bad_a
     root = find_lrw_root(root)
     clips = _scan(root)
     total = len(clips)
-
-    pose_meta: dict[str, Any] | None = None
-    if head_pose is not None:
-        pose_path = Path(head_pose).expanduser().resolve()
-        clips = _filter_by_pose(clips, _load_head_pose(pose_path), pose_path, max_pose_deg)
-        pose_meta = {"file": str(pose_path), "max_pose_deg": float(max_pose_deg),
-                     "filtered_out": total - len(clips), "kept": len(clips)}
-        log.info("head pose: kept %d of %d clips within %g degrees", len(clips), total, max_pose_deg)
+    clips, pose_meta = _apply_head_pose(clips, head_pose, max_pose_deg)
 
     out = Path(out_dir).expanduser() if out_dir is not None else prepared_dir("lrw")
     out = out.resolve()
     rows = []
     reused = 0
     for clip in tqdm(clips, desc="extracting lrw audio", unit="clip", disable=not progress):
-        wav_rel = f"{AUDIO_FOLDER}/{clip.word}/{clip.folder}/{clip.mp4.stem}.wav"
-        wav_path = out / wav_rel
-        try:
-            info = video_info(clip.mp4)
-            if info["frames"] != EXPECTED_FRAMES or round(info["fps"]) != round(EXPECTED_FPS):
-                raise VideoError(
-                    f"{clip.mp4}: the video has {info['frames']} frames at {info['fps']:g} fps; LRW "
-                    f"clips have {EXPECTED_FRAMES} frames at {EXPECTED_FPS:g} fps. Re-download the "
-                    "clip, or remove it.")
-            expected = audio_track_length(clip.mp4)
-            pcm = _existing_wav(wav_path, expected)
-            fresh = pcm is None
-            if fresh:
-                pcm = _to_pcm16(decode_audio_track(clip.mp4))
-        except AudioError as exc:  # VideoError included: a clip is bad whichever stream is broken
-            bad.handle(clip.mp4, exc)
-            continue
-        try:
-            check_crop(crop, info["width"], info["height"], clip.mp4)
-        except VideoError as exc:  # the option is wrong, not the clip: never skip over it
-            raise PrepareOptionError(f"--mouth-crop: {exc}") from None
-        result = probe_audio(clip.mp4, bad, waveform=pcm.astype(np.float32) / 32768,
-                             sample_rate=TARGET_SAMPLE_RATE)
-        if result is None:
-            continue
-        if fresh:
-            _write_wav_atomic(wav_path, pcm)
-        else:
-            reused += 1
-        num_samples, sample_rate = result
-        rows.append({
-            "clip_id": clip.clip_id,
-            "audio_path": wav_rel,
-            "label": clip.word,
-            "speaker": UNKNOWN_SPEAKER,
-            "split": clip.split,
-            "num_samples": num_samples,
-            "sample_rate": sample_rate,
-            "video_path": str(clip.mp4),
-            "word_duration": parse_word_duration(clip.mp4.with_suffix(".txt")),
-        })
+        extracted = _extract_clip(clip, out, crop, bad)
+        if extracted is not None:
+            row, was_reused = extracted
+            rows.append(row)
+            reused += was_reused
     log.info("lrw: %s; reused %d already extracted wav(s)", bad.report(), reused)
 
     table = pd.DataFrame(rows, columns=["clip_id", "audio_path", "label", "speaker", "split",
@@ -345,3 +302,62 @@ def prepare_lrw(root: str | Path, out_dir: str | Path | None = None, *, on_bad_a
         "labels": sorted(table["label"].unique().tolist()),
     }
     return write_manifest(table, out, meta)
+
+
+def _apply_head_pose(clips: list[_Clip], head_pose: str | Path | None,
+                     max_pose_deg: float) -> tuple[list[_Clip], dict[str, Any] | None]:
+    """Keep the clips within `max_pose_deg` of frontal; return them and the meta's head_pose entry."""
+    if head_pose is None:
+        return clips, None
+    total = len(clips)
+    pose_path = Path(head_pose).expanduser().resolve()
+    clips = _filter_by_pose(clips, _load_head_pose(pose_path), pose_path, max_pose_deg)
+    log.info("head pose: kept %d of %d clips within %g degrees", len(clips), total, max_pose_deg)
+    return clips, {"file": str(pose_path), "max_pose_deg": float(max_pose_deg),
+                   "filtered_out": total - len(clips), "kept": len(clips)}
+
+
+def _extract_clip(clip: _Clip, out: Path, crop: tuple[int, int, int, int],
+                  bad: BadAudioLog) -> tuple[dict[str, Any], bool] | None:
+    """Check one clip's video and audio, write its wav unless a complete one is there, and return
+    its manifest row and whether the wav was reused; None for a bad clip (`bad` has handled it)."""
+    wav_rel = f"{AUDIO_FOLDER}/{clip.word}/{clip.folder}/{clip.mp4.stem}.wav"
+    wav_path = out / wav_rel
+    try:
+        info = video_info(clip.mp4)
+        if info["frames"] != EXPECTED_FRAMES or round(info["fps"]) != round(EXPECTED_FPS):
+            raise VideoError(
+                f"{clip.mp4}: the video has {info['frames']} frames at {info['fps']:g} fps; LRW "
+                f"clips have {EXPECTED_FRAMES} frames at {EXPECTED_FPS:g} fps. Re-download the "
+                "clip, or remove it.")
+        expected = audio_track_length(clip.mp4)
+        pcm = _existing_wav(wav_path, expected)
+        fresh = pcm is None
+        if fresh:
+            pcm = _to_pcm16(decode_audio_track(clip.mp4))
+    except AudioError as exc:  # VideoError included: a clip is bad whichever stream is broken
+        bad.handle(clip.mp4, exc)
+        return None
+    try:
+        check_crop(crop, info["width"], info["height"], clip.mp4)
+    except VideoError as exc:  # the option is wrong, not the clip: never skip over it
+        raise PrepareOptionError(f"--mouth-crop: {exc}") from None
+    result = probe_audio(clip.mp4, bad, waveform=pcm.astype(np.float32) / 32768,
+                         sample_rate=TARGET_SAMPLE_RATE)
+    if result is None:
+        return None
+    if fresh:
+        _write_wav_atomic(wav_path, pcm)
+    num_samples, sample_rate = result
+    row = {
+        "clip_id": clip.clip_id,
+        "audio_path": wav_rel,
+        "label": clip.word,
+        "speaker": UNKNOWN_SPEAKER,
+        "split": clip.split,
+        "num_samples": num_samples,
+        "sample_rate": sample_rate,
+        "video_path": str(clip.mp4),
+        "word_duration": parse_word_duration(clip.mp4.with_suffix(".txt")),
+    }
+    return row, not fresh

@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.manifest import write_manifest
-from bench.paths import prepared_dir
 from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_files
+from bench.paths import prepared_dir
 
 log = logging.getLogger("avbench.prepare.spc")
 
@@ -129,14 +129,7 @@ def prepare_spc(root: str | Path, out_dir: str | Path | None = None, *, on_bad_a
     `out_dir` defaults to bench.paths.prepared_dir("spc-v0.01"/"spc-v0.02"). `workers` is the
     number of processes that read audio (default: one for small trees, else up to 8 cores).
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
-    root = root.resolve()
-    words = sorted(e.name for e in os.scandir(root)
-                   if e.is_dir() and not e.name.startswith(("_", ".")))
-    if not words:
-        raise CorpusLayoutError(f"{root}: no word folders (yes/, no/, ...) found. {_fix_hint()}")
+    root, words = _word_folders(root)
     version = detect_version(words, root)
     name = f"spc-{version}"
 
@@ -146,30 +139,9 @@ def prepare_spc(root: str | Path, out_dir: str | Path | None = None, *, on_bad_a
     if ignored:
         log.warning("ignoring %d wav file(s) outside the word folders of %s, e.g. %s",
                     len(ignored), root, ignored[0])
-
     rel_paths = [f"{word}/{path.name}" for word, path in clips]
-    known = set(rel_paths)
-    for list_name, entries in ((VALIDATION_LIST, validation), (TESTING_LIST, testing)):
-        absent = [e for e in entries if e not in known]
-        if absent:
-            raise CorpusLayoutError(
-                f"{root / list_name}: names {len(absent)} file(s) that do not exist under {root}, "
-                f"first: {absent[0]}. The list and the audio come from different versions, or the "
-                "extraction is incomplete; re-extract both from the same archive.")
-    both = sorted(set(validation) & set(testing))
-    if both:
-        raise CorpusLayoutError(
-            f"{root}: {len(both)} file(s) are in both {VALIDATION_LIST} and {TESTING_LIST}, first: "
-            f"{both[0]}. Restore the original lists from the archive.")
-    split_of = {e: "valid" for e in validation}
-    split_of.update({e: "test" for e in testing})
-
-    unnamed = [rel for rel in rel_paths if SPEAKER_SEPARATOR not in rel.rsplit("/", 1)[1]]
-    if unnamed:
-        raise CorpusLayoutError(
-            f"{root}: {len(unnamed)} wav file(s) do not follow the SPEAKER{SPEAKER_SEPARATOR}N.wav "
-            f"naming, first: {unnamed[0]}. Move files that are not part of Speech Commands out of "
-            "the word folders.")
+    split_of = _split_of(root, rel_paths, validation, testing)
+    _check_speaker_naming(root, rel_paths)
 
     bad = BadAudioLog(on_bad_audio)
     probed = probe_files([path for _, path in clips], bad, workers=workers, progress=progress,
@@ -190,22 +162,71 @@ def prepare_spc(root: str | Path, out_dir: str | Path | None = None, *, on_bad_a
         })
     log.info("%s: %s", name, bad.report())
 
-    noise_dir = root / NOISE_FOLDER
-    noise_sources = sorted(str(p) for p in noise_dir.glob("*.wav")) if noise_dir.is_dir() else []
-    if not noise_sources:
-        log.warning("%s: no %s/*.wav found; noise augmentation will have no sources",
-                    root, NOISE_FOLDER)
-
     table = pd.DataFrame(rows, columns=["clip_id", "audio_path", "label", "speaker", "split",
                                         "num_samples", "sample_rate"])
     meta = {
         "name": name,
         "version": version,
         "source": str(root),
-        "noise_sources": noise_sources,
+        "noise_sources": _noise_sources(root),
         "skipped_files": bad.skipped,
         "ignored_files": ignored,
         "labels": sorted(table["label"].unique().tolist()),
     }
     out = Path(out_dir).expanduser() if out_dir is not None else prepared_dir(name)
     return write_manifest(table, out, meta)
+
+
+def _word_folders(root: str | Path) -> tuple[Path, list[str]]:
+    """The resolved corpus root and its word folders' names (sorted)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = root.resolve()
+    words = sorted(e.name for e in os.scandir(root)
+                   if e.is_dir() and not e.name.startswith(("_", ".")))
+    if not words:
+        raise CorpusLayoutError(f"{root}: no word folders (yes/, no/, ...) found. {_fix_hint()}")
+    return root, words
+
+
+def _split_of(root: Path, rel_paths: list[str], validation: list[str],
+              testing: list[str]) -> dict[str, str]:
+    """"word/file.wav" -> "valid" or "test" from the two split lists (any other file is train),
+    after checking that the lists name existing files and do not overlap."""
+    known = set(rel_paths)
+    for list_name, entries in ((VALIDATION_LIST, validation), (TESTING_LIST, testing)):
+        absent = [e for e in entries if e not in known]
+        if absent:
+            raise CorpusLayoutError(
+                f"{root / list_name}: names {len(absent)} file(s) that do not exist under {root}, "
+                f"first: {absent[0]}. The list and the audio come from different versions, or the "
+                "extraction is incomplete; re-extract both from the same archive.")
+    both = sorted(set(validation) & set(testing))
+    if both:
+        raise CorpusLayoutError(
+            f"{root}: {len(both)} file(s) are in both {VALIDATION_LIST} and {TESTING_LIST}, first: "
+            f"{both[0]}. Restore the original lists from the archive.")
+    split_of = {e: "valid" for e in validation}
+    split_of.update({e: "test" for e in testing})
+    return split_of
+
+
+def _check_speaker_naming(root: Path, rel_paths: list[str]) -> None:
+    """Every clip's file name must carry its speaker (SPEAKER_nohash_N.wav)."""
+    unnamed = [rel for rel in rel_paths if SPEAKER_SEPARATOR not in rel.rsplit("/", 1)[1]]
+    if unnamed:
+        raise CorpusLayoutError(
+            f"{root}: {len(unnamed)} wav file(s) do not follow the SPEAKER{SPEAKER_SEPARATOR}N.wav "
+            f"naming, first: {unnamed[0]}. Move files that are not part of Speech Commands out of "
+            "the word folders.")
+
+
+def _noise_sources(root: Path) -> list[str]:
+    """The absolute paths of _background_noise_/*.wav (a warning when there are none)."""
+    noise_dir = root / NOISE_FOLDER
+    noise_sources = sorted(str(p) for p in noise_dir.glob("*.wav")) if noise_dir.is_dir() else []
+    if not noise_sources:
+        log.warning("%s: no %s/*.wav found; noise augmentation will have no sources",
+                    root, NOISE_FOLDER)
+    return noise_sources

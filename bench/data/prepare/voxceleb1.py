@@ -28,10 +28,10 @@ import pandas as pd
 
 from bench.data.manifest import write_manifest
 
-from bench.files import atomic_write_bytes
-from bench.paths import prepared_dir
 from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_files
 from bench.data.task_types import IDEN_SPLIT_CODES
+from bench.files import atomic_write_bytes
+from bench.paths import prepared_dir
 
 log = logging.getLogger("avbench.prepare.voxceleb1")
 
@@ -122,21 +122,7 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path | None = None, *, on
     `out_dir` defaults to bench.paths.prepared_dir("voxceleb1").
     """
     bad = BadAudioLog(on_bad_audio)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
-    root = root.resolve()
-    wav = root / "wav"
-    if not wav.is_dir():
-        raise CorpusLayoutError(f"{wav}: missing. {_fix_hint()}")
-    iden_path = root / IDEN_SPLIT
-    if not iden_path.is_file():
-        raise CorpusLayoutError(f"{iden_path}: split list missing. Download {IDEN_SPLIT} from the VoxCeleb1 "
-                                f"website and put it beside wav/ in {root}.")
-    trials_path = Path(trials).expanduser().resolve() if trials is not None else root / VERI_TRIALS
-    if trials is not None and not trials_path.is_file():
-        raise CorpusLayoutError(f"{trials_path}: trial list not found.")
-
+    root, wav, iden_path, trials_path = _locate(root, trials)
     clips, ignored = _scan(wav)
     if not clips:
         raise CorpusLayoutError(f"{wav}: no SPEAKER/VIDEO/NNNNN.wav files. {_fix_hint()}")
@@ -144,15 +130,7 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path | None = None, *, on
         log.warning("ignoring %d file(s) under %s outside SPEAKER/VIDEO/NNNNN.wav, e.g. %s", len(ignored), wav,
                     ignored[0])
     known = set(clips)
-    iden: dict[str, int] = {}
-    for lineno, (code, rel) in _read_lines(iden_path, 2, "'SPLIT SPEAKER/VIDEO/NNNNN.wav' with SPLIT 1, 2 or 3"):
-        if rel in iden:
-            raise CorpusLayoutError(f"{iden_path}:{lineno}: {rel} is listed twice.")
-        iden[rel] = int(code)
-    absent = [rel for rel in iden if rel not in known]
-    if absent:
-        raise CorpusLayoutError(f"{iden_path}: names {len(absent)} file(s) that do not exist under {wav}, first: "
-                                f"{absent[0]}. Extract both the dev and the test archive into wav/.")
+    iden = _read_iden_split(iden_path, known, wav)
     unlisted = len(known) - len(iden)
     if unlisted:
         log.warning("%d clip(s) are not in %s: split 'test', no identification split", unlisted, IDEN_SPLIT)
@@ -175,24 +153,61 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path | None = None, *, on
     table["iden_split"] = table["iden_split"].astype("Int64")
 
     out = Path(out_dir).expanduser() if out_dir is not None else prepared_dir(NAME)
-    trials_meta: dict = {"trials": None}
-    if trials_path.is_file():
-        lines, dropped = _read_trials(trials_path, known, {f"{c}.wav" for c in table["clip_id"]})
-        if dropped:
-            log.warning("%s: %d trial(s) name clips skipped as bad audio and are left out", trials_path, dropped)
-        atomic_write_bytes(out / TRIALS_NAME, "".join(lines).encode())
-        trials_meta = {"trials": TRIALS_NAME, "trials_source": str(trials_path), "trials_count": len(lines),
-                       "trials_dropped": dropped}
-    else:
-        log.warning("%s: no trial list; speaker verification on this manifest needs one (or clips outside %s)",
-                    root, IDEN_SPLIT)
     meta = {
         "name": NAME,
         "source": str(root),
-        **trials_meta,
+        **_write_trials(trials_path, known, table, out, root),
         "unlisted_clips": unlisted,
         "skipped_files": bad.skipped,
         "ignored_files": ignored,
         "labels": sorted(table["label"].unique().tolist()),
     }
     return write_manifest(table, out, meta)
+
+
+def _locate(root: str | Path, trials: str | Path | None) -> tuple[Path, Path, Path, Path]:
+    """The resolved corpus root, its wav/ folder, iden_split.txt and the trial list's path (the
+    given one, which must exist, else ROOT/veri_test2.txt, which may not)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = root.resolve()
+    wav = root / "wav"
+    if not wav.is_dir():
+        raise CorpusLayoutError(f"{wav}: missing. {_fix_hint()}")
+    iden_path = root / IDEN_SPLIT
+    if not iden_path.is_file():
+        raise CorpusLayoutError(f"{iden_path}: split list missing. Download {IDEN_SPLIT} from the VoxCeleb1 "
+                                f"website and put it beside wav/ in {root}.")
+    trials_path = Path(trials).expanduser().resolve() if trials is not None else root / VERI_TRIALS
+    if trials is not None and not trials_path.is_file():
+        raise CorpusLayoutError(f"{trials_path}: trial list not found.")
+    return root, wav, iden_path, trials_path
+
+
+def _read_iden_split(iden_path: Path, known: set[str], wav: Path) -> dict[str, int]:
+    """"SPEAKER/VIDEO/NNNNN.wav" -> identification split code (1, 2, 3), every file existing."""
+    iden: dict[str, int] = {}
+    for lineno, (code, rel) in _read_lines(iden_path, 2, "'SPLIT SPEAKER/VIDEO/NNNNN.wav' with SPLIT 1, 2 or 3"):
+        if rel in iden:
+            raise CorpusLayoutError(f"{iden_path}:{lineno}: {rel} is listed twice.")
+        iden[rel] = int(code)
+    absent = [rel for rel in iden if rel not in known]
+    if absent:
+        raise CorpusLayoutError(f"{iden_path}: names {len(absent)} file(s) that do not exist under {wav}, first: "
+                                f"{absent[0]}. Extract both the dev and the test archive into wav/.")
+    return iden
+
+
+def _write_trials(trials_path: Path, known: set[str], table: pd.DataFrame, out: Path, root: Path) -> dict:
+    """Write OUT/trials.txt with the trials whose clips were kept; return the meta's trials entries."""
+    if not trials_path.is_file():
+        log.warning("%s: no trial list; speaker verification on this manifest needs one (or clips outside %s)",
+                    root, IDEN_SPLIT)
+        return {"trials": None}
+    lines, dropped = _read_trials(trials_path, known, {f"{c}.wav" for c in table["clip_id"]})
+    if dropped:
+        log.warning("%s: %d trial(s) name clips skipped as bad audio and are left out", trials_path, dropped)
+    atomic_write_bytes(out / TRIALS_NAME, "".join(lines).encode())
+    return {"trials": TRIALS_NAME, "trials_source": str(trials_path), "trials_count": len(lines),
+            "trials_dropped": dropped}
