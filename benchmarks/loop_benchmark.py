@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench.data.corpus.build import CorpusConfig, build_corpus, find_corpus
+from bench.data.corpus.build import build_corpus
+from bench.data.corpus.embedded import CorpusConfig, find_corpus
 from bench.data.datasets import CachedFeatureDataset, pad_collate
 from bench.data.feature_cache import FeatureCache
 from bench.evaluate.downstream import BiGRUClassifier

@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--packing", default="1,2,4", help="comma-separated runs per device")
     args = parser.parse_args()
 
-    from bench.data.corpus.build import CorpusConfig, build_corpus
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig
     from bench.evaluate.run import run_experiment
     from bench.records import read_records
     from bench.runtime import flush_denormals

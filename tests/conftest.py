@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from bench.data.corpus.build import CorpusConfig, build_corpus
+from bench.data.corpus.build import build_corpus
+from bench.data.corpus.embedded import CorpusConfig
 
 # As the CLI does: before torch creates its thread pool, so every worker thread inherits it
 # (see bench.runtime.flush_denormals).

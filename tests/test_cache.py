@@ -340,7 +340,8 @@ def test_concurrent_processes_build_once(cache: FeatureCache, manifest: Manifest
 
 @pytest.mark.slow
 def test_real_corpus_round_trip(tmp_path: Path) -> None:
-    from bench.data.corpus.build import CorpusConfig, build_corpus
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig
     from bench.registry import create_encoder, list_encoders
 
     corpus = build_corpus(CorpusConfig.from_size("small", speakers=4, words=3, renditions=1),

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.data.corpus.build import (SPEECH_COMMANDS_WORDS, CorpusConfig, build_corpus, corpus_path,
-                                find_corpus)
+from bench.data.corpus.build import build_corpus
 from bench.data.corpus.checks import mouth_audio_correlation, nearest_centroid_accuracy
+from bench.data.corpus.embedded import SPEECH_COMMANDS_WORDS, CorpusConfig, corpus_path, find_corpus
 from bench.data.corpus.espeak import ENGLISH_ACCENTS, EspeakError
 from bench.data.corpus.mouth import FaceIdentity, identity_frame, render_frames
 from bench.data.corpus.speakers import FEMALE_VARIANTS, MALE_VARIANTS
 from bench.data.corpus.visemes import UnmappedPhonemeError, articulation_track, split_phoneme
-from bench.errors import ConfigError
 from bench.data.manifest import ManifestError
+from bench.errors import ConfigError
 
 TINY = dict(speakers=4, words=3, renditions=1)
 

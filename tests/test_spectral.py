@@ -12,7 +12,8 @@ import torch
 from baselines import functional as AF
 from baselines.spectral import LogMel, MFCC39
 from bench.data.audio import load_audio
-from bench.data.corpus.build import CorpusConfig, build_corpus
+from bench.data.corpus.build import build_corpus
+from bench.data.corpus.embedded import CorpusConfig
 from bench.errors import ConfigError
 from bench.registry import create_encoder, list_encoders
 

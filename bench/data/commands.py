@@ -20,7 +20,8 @@ def _add_bad_audio(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_corpus_build(args: argparse.Namespace) -> int:
-    from bench.data.corpus.build import CorpusConfig, build_corpus, summary_text
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig, summary_text
 
     overrides = {k: getattr(args, k) for k in ("speakers", "words", "renditions", "seed", "reverb_prob")
                  if getattr(args, k) is not None}
@@ -32,15 +33,15 @@ def _cmd_corpus_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_corpus_info(args: argparse.Namespace) -> int:
-    from bench.data.corpus.build import find_corpus, summary_text
+    from bench.data.corpus.embedded import find_corpus, summary_text
 
     print(summary_text(find_corpus(args.path)))
     return 0
 
 
 def _cmd_corpus_check(args: argparse.Namespace) -> int:
-    from bench.data.corpus.build import find_corpus
     from bench.data.corpus.checks import mouth_audio_correlation, nearest_centroid_accuracy
+    from bench.data.corpus.embedded import find_corpus
 
     corpus = find_corpus(args.path)
     corr = mouth_audio_correlation(corpus, max_clips=args.max_clips)

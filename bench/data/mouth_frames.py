@@ -127,7 +127,7 @@ class MouthFrameSource:
                                   "with `avbench corpus build`.")
             import pandas as pd
 
-            from bench.data.corpus.build import EmbeddedCorpus
+            from bench.data.corpus.embedded import EmbeddedCorpus
 
             self._corpus = EmbeddedCorpus(path=manifest.root, manifest=manifest,
                                           speakers=pd.read_csv(speakers, dtype={"speaker": str}))

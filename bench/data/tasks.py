@@ -40,7 +40,8 @@ def resolve_task(spec: str, progress: bool = True) -> Manifest:
     if conditions:
         return _subset(resolve_task(base, progress), base, conditions)
     if spec == "embedded" or spec.startswith("embedded:"):
-        from bench.data.corpus.build import CorpusConfig, build_corpus
+        from bench.data.corpus.build import build_corpus
+        from bench.data.corpus.embedded import CorpusConfig
 
         size = spec.partition(":")[2] or "default"
         corpus = build_corpus(CorpusConfig.from_size(size), progress=progress)

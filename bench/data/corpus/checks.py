@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.data.audio import load_audio
-from bench.data.corpus.build import EmbeddedCorpus
+from bench.data.corpus.embedded import EmbeddedCorpus
 
 SAMPLES_PER_VIDEO_FRAME = 640  # 40 ms at 16 kHz: one 25 fps frame
 

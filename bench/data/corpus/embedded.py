@@ -1,0 +1,183 @@
+"""The embedded corpus as a thing on disk: its config (sizes, validation, the content id that
+names its folder), and a built corpus opened from that folder (manifest, speakers, mouth tracks
+and frames rendered on demand). Building it is bench.data.corpus.build's job.
+
+Layout of a built corpus (`$AVBENCH_DATA/corpora/embedded-<id>/`):
+  manifest.csv, manifest.json   the manifest (bench.data.manifest), one row per clip
+  speakers.csv                  one row per synthetic speaker: voice, prosody, face identity
+  audio/WORD/SPK_nohash_R.wav   16 kHz mono PCM16
+  tracks/WORD/SPK_nohash_R.npy  float32 [25, 3] articulation track
+  noise/*.wav                   background-noise set kept aside (not mixed into any clip)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.data.corpus import acoustics
+from bench.data.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, summarize
+from bench.data.prepare.spc import V001_WORDS
+from bench.errors import ConfigError
+from bench.paths import corpora_dir
+
+# Bump when bench.data.corpus.build's output changes for the same config: old corpora get new ids.
+GENERATOR_VERSION = 2  # 2: rand() seeded per utterance; non-reproducible variants dropped
+
+# The vocabulary is Speech Commands v0.01's, so the embedded corpus and SPC share a label space.
+SPEECH_COMMANDS_WORDS = V001_WORDS
+
+SIZES: dict[str, dict] = {
+    "small": {"speakers": 20, "renditions": 1},
+    "default": {},
+    "large": {"speakers": 240, "renditions": 4},
+}
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    speakers: int = 120
+    words: int = 30
+    renditions: int = 3
+    seed: int = 0
+    clip_seconds: float = 1.0
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    noise_types: tuple[str, ...] = ("white", "pink", "brown", "babble")
+    reverb_prob: float = 0.2
+    rt60_s: tuple[float, float] = (0.15, 0.6)
+    level_dbfs: tuple[float, float] = (-14.0, -4.0)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    noise_bank_seconds: float = 10.0
+    size: str = field(default="custom", compare=False)
+
+    @classmethod
+    def from_size(cls, size: str = "default", **overrides) -> "CorpusConfig":
+        if size not in SIZES:
+            raise ConfigError(f"unknown corpus size {size!r}; choose one of {', '.join(SIZES)}")
+        params = {**SIZES[size], **overrides}
+        return cls(size=size if not overrides else "custom", **params).validated()
+
+    def validated(self) -> "CorpusConfig":
+        if not 1 <= self.words <= len(SPEECH_COMMANDS_WORDS):
+            raise ConfigError(f"words must be in 1..{len(SPEECH_COMMANDS_WORDS)}, got {self.words}")
+        if self.speakers < 3:
+            raise ConfigError(f"speakers must be at least 3 (one per split), got {self.speakers}")
+        if self.renditions < 1:
+            raise ConfigError(f"renditions must be at least 1, got {self.renditions}")
+        if not 0.0 <= self.reverb_prob <= 1.0:
+            raise ConfigError(f"reverb_prob must be in [0, 1], got {self.reverb_prob}")
+        unknown = set(self.noise_types) - set(acoustics.COLOURED_NOISE_BETA) - {"babble"}
+        if unknown:
+            raise ConfigError(f"unknown noise type(s) {sorted(unknown)}; use white, pink, brown, babble")
+        return self
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        d.pop("size")
+        return d
+
+    @property
+    def corpus_id(self) -> str:
+        import espeakng_loader  # the voice data is part of what makes the audio
+
+        key = json.dumps({"config": self.identity(), "generator": GENERATOR_VERSION,
+                          "espeak": _package_version(espeakng_loader.__name__)}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    @property
+    def word_list(self) -> tuple[str, ...]:
+        return SPEECH_COMMANDS_WORDS[: self.words]
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name.replace("_", "-"))
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class EmbeddedCorpus:
+    """A built corpus: its folder, manifest and speaker table."""
+
+    path: Path
+    manifest: Manifest
+    speakers: pd.DataFrame
+
+    @classmethod
+    def open(cls, path: Path) -> "EmbeddedCorpus":
+        manifest = read_manifest(path / MANIFEST_NAME)
+        speakers = pd.read_csv(path / "speakers.csv", dtype={"speaker": str})
+        return cls(path=path, manifest=manifest, speakers=speakers)
+
+    def face(self, speaker: str):
+        from bench.data.corpus.mouth import FaceIdentity
+
+        row = self.speakers[self.speakers["speaker"] == speaker]
+        if row.empty:
+            raise KeyError(f"speaker {speaker!r} is not in {self.path / 'speakers.csv'}")
+        return FaceIdentity.from_dict(row.iloc[0].to_dict())
+
+    @cached_property
+    def _by_clip(self) -> pd.DataFrame:
+        return self.manifest.table.set_index("clip_id")
+
+    def track(self, clip_id: str) -> np.ndarray:
+        return np.load(self.manifest.resolve(self._by_clip.loc[clip_id, "mouth_track"]))
+
+    def frames(self, clip_id: str, size: int = 64) -> np.ndarray:
+        """Render the clip's mouth frames [25, size, size] uint8 on demand."""
+        from bench.data.corpus.mouth import render_frames
+
+        speaker = self._by_clip.loc[clip_id, "speaker"]
+        seed = int(hashlib.sha256(clip_id.encode()).hexdigest()[:8], 16)
+        return render_frames(self.track(clip_id), self.face(speaker), size=size, jitter_seed=seed)
+
+    def identity_frame(self, speaker: str, size: int = 64) -> np.ndarray:
+        from bench.data.corpus.mouth import identity_frame
+
+        return identity_frame(self.face(speaker), size=size)
+
+
+def corpus_path(config: CorpusConfig, out_root: Path | None = None) -> Path:
+    return Path(out_root or corpora_dir()) / f"embedded-{config.corpus_id}"
+
+
+def find_corpus(path_or_size: str | Path = "default") -> EmbeddedCorpus:
+    """A built corpus by folder, manifest path, or size name (small/default/large)."""
+    if str(path_or_size) in SIZES:
+        path = corpus_path(CorpusConfig.from_size(str(path_or_size)))
+        if not (path / MANIFEST_NAME).is_file():
+            raise ManifestError(f"{path}: the {path_or_size!r} embedded corpus is not built yet. "
+                                f"Run `avbench corpus build --size {path_or_size}`.")
+        return EmbeddedCorpus.open(path)
+    path = Path(path_or_size)
+    if path.name == MANIFEST_NAME:
+        path = path.parent
+    if not (path / MANIFEST_NAME).is_file():
+        raise ManifestError(f"{path}: no embedded corpus here (no {MANIFEST_NAME}). "
+                            "Give a corpus folder, or a size name: small, default, large.")
+    return EmbeddedCorpus.open(path)
+
+
+def summary_text(corpus: EmbeddedCorpus) -> str:
+    meta = corpus.manifest.meta
+    table = corpus.manifest.table
+    lines = [f"embedded corpus {meta.get('corpus_id')} (size: {meta.get('size')})", summarize(corpus.manifest)]
+    lines.append(f"words:    {table['label'].nunique()}, speakers: {table['speaker'].nunique()}, "
+                 f"renditions: {meta['config']['renditions']}, styles: {', '.join(sorted(table['emotion'].unique()))}")
+    lines.append(f"noise:    SNR {meta['config']['snr_db'][0]:g}-{meta['config']['snr_db'][1]:g} dB "
+                 f"({', '.join(meta['config']['noise_types'])}); reverb on "
+                 f"{int((table['reverb_rt60'] > 0).sum())} clips; {meta.get('trimmed_clips', 0)} clips trimmed to 1 s")
+    lines.append("video:    25 fps mouth tracks, frames rendered on demand (64x64)")
+    lines.append(f"built in {meta.get('build_seconds')} s with {meta.get('workers')} worker(s)")
+    lines.append(f"path:     {corpus.path}")
+    return "\n".join(lines)
