@@ -6,12 +6,16 @@
 2. Training throughput (clips/s) for 100 Hz x 39-d (mfcc39) and 25 Hz x 512-d (the proposed
    encoder's shape) at batch 32 and 128, and the achieved GFLOP/s of the BiGRU against this
    machine's measured fp32 matrix-product rate.
-3. OpenMP wait policy: the same training step at 2 threads, 100 Hz x 80-d (logmel), with idle
-   threads sleeping (PASSIVE, what sweep workers get unless OMP_WAIT_POLICY is set) against
-   spinning (ACTIVE). Each policy runs in a fresh process: libgomp reads it once, at start.
+3. OpenMP wait policy, in two machine states: idle, and with one other CPU-bound process running
+   (a busy-looping Python process). In each, the same training step at 2 threads, 100 Hz x 80-d
+   (logmel), batch 32, in a fresh process per measurement (libgomp reads the policy once, at
+   start) with idle threads sleeping (PASSIVE) and spinning (ACTIVE), 3 interleaved repeats each
+   (median), against the policy the sweep's default picks for one 2-thread worker in that state
+   (bench.sweep.cpu.choose_wait_policy on the load measured there). Goal: the default within 5 %
+   of the better policy in both states.
    The sections above run under this process's own policy (libgomp's default unless set).
 
-Usage: python benchmarks/loop_benchmark.py [--corpus small|default|PATH] [--clips N]
+Usage: python benchmarks/loop_benchmark.py [--corpus small|default|PATH] [--clips N] [--wait-policy-only]
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from bench.data.feature_cache import FeatureCache
 from bench.evaluate.downstream import BiGRUClassifier
 from bench.registry import create_encoder
 from bench.runtime import flush_denormals
-from bench.sweep.executors import thread_env, usable_cores
+from bench.sweep.cpu import busy_cores, choose_wait_policy, thread_env, usable_cores
 
 
 def gemm_gflops(n: int = 1024, repeat: int = 10) -> float:
@@ -110,15 +114,55 @@ def wait_policy_throughput(policy: str, threads: int) -> float:
     return float(done.stdout.split()[-1])
 
 
+def wait_policy_section(threads: int = 2, repeats: int = 3) -> None:
+    """Section 3: PASSIVE and ACTIVE measured on an idle machine and beside a CPU-bound process,
+    against what the sweep's default picks in each state."""
+    if usable_cores() < threads:
+        print(f"OpenMP wait policy: skipped, {usable_cores()} core(s) (a {threads}-thread worker needs {threads})")
+        return
+    os.environ.pop("OMP_WAIT_POLICY", None)  # measure what the sweep picks, not a setting of this shell
+    for state in ("idle", "one CPU-bound process running"):
+        hog = None
+        if state != "idle":
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(1.0)  # scheduled and running before the load is read
+        try:
+            busy = busy_cores(1.0)
+            picked = choose_wait_policy(1, threads, usable_cores(), busy)
+            rates: dict[str, list[float]] = {"PASSIVE": [], "ACTIVE": []}
+            for _ in range(repeats):  # interleaved, so a drift in the machine hits both alike
+                for policy in rates:
+                    rates[policy].append(wait_policy_throughput(policy, threads))
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+        median = {policy: float(np.median(values)) for policy, values in rates.items()}
+        best = max(median, key=median.get)
+        print(f"OpenMP wait policy, {state} (other load {busy:.2f} cores), {threads} threads, 100 Hz x 80, "
+              f"batch 32, median of {repeats}: PASSIVE {median['PASSIVE']:.1f} clips/s "
+              f"{_spread(rates['PASSIVE'])}, ACTIVE {median['ACTIVE']:.1f} clips/s {_spread(rates['ACTIVE'])} "
+              f"= ACTIVE/PASSIVE {median['ACTIVE'] / median['PASSIVE']:.2f}x; default picks {picked.policy} "
+              f"= {100 * median[picked.policy] / median[best]:.1f}% of the better ({best})")
+
+
+def _spread(values: list[float]) -> str:
+    return f"[{min(values):.1f}-{max(values):.1f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", default="small")
     parser.add_argument("--clips", type=int, default=256, help="training clips in the overhead epoch")
+    parser.add_argument("--wait-policy-only", action="store_true", help="run section 3 only")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # section 3's child process
     args = parser.parse_args()
     flush_denormals()  # as every avbench run does, before torch starts its threads
     if args.probe:
         print(synthetic_throughput(101, 80, 32, steps=10))
+        return
+    if args.wait_policy_only:
+        wait_policy_section()
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peak = gemm_gflops()
@@ -151,13 +195,7 @@ def main() -> None:
             print(f"train throughput {label}, batch {batch}: {rate:.1f} clips/s, "
                   f"{gflops:.1f} GFLOP/s ({100 * gflops / peak:.0f}% of the matrix-product rate)")
 
-    if usable_cores() < 2:
-        print("OpenMP wait policy: skipped, one core (a single thread never waits for another)")
-        return
-    passive, active = wait_policy_throughput("PASSIVE", 2), wait_policy_throughput("ACTIVE", 2)
-    print(f"OpenMP wait policy, 2 threads, 100 Hz x 80 (logmel), batch 32: PASSIVE {passive:.1f} clips/s, "
-          f"ACTIVE {active:.1f} clips/s = {active / passive:.2f}x (sweep workers sleep unless OMP_WAIT_POLICY is set)")
-
+    wait_policy_section()
 
 if __name__ == "__main__":
     main()

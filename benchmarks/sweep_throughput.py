@@ -34,7 +34,8 @@ def main() -> None:
     from bench.records import read_records
     from bench.runtime import flush_denormals
     from bench.sweep.config import load_sweep
-    from bench.sweep.executors import LocalExecutor, usable_cores
+    from bench.sweep.cpu import usable_cores
+    from bench.sweep.executors import LocalExecutor
     from bench.sweep.run import run_sweep
 
     flush_denormals()

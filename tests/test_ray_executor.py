@@ -12,7 +12,8 @@ from bench.sweep.run import run_sweep
 
 ray = pytest.importorskip("ray")
 
-TIMING_AND_HOST = ("wall_seconds", "git_commit", "resumed_from_epoch", "threads", "counters")  # see test_sweep.py
+TIMING_AND_HOST = ("wall_seconds", "git_commit", "resumed_from_epoch", "threads", "omp_wait_policy",
+                   "counters")  # see test_sweep.py
 
 
 def comparable(record: dict) -> dict:

@@ -23,7 +23,8 @@ from bench.records import read_records, sidecar_path
 from bench.registry import _REGISTRY
 from bench.sweep.config import PAPER_ENCODERS, PAPER_LABEL_FRACTIONS, load_sweep
 from bench.sweep.cost import cost_table, default_seconds_per_clip_epoch
-from bench.sweep.executors import LocalExecutor, record_failure, usable_cores
+from bench.sweep.cpu import usable_cores
+from bench.sweep.executors import LocalExecutor, record_failure
 from bench.sweep.run import plan_runs, run_sweep, write_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,7 @@ TIMING_AND_HOST = (
     "git_commit",          # other work may dirty the checkout between the two sweeps
     "resumed_from_epoch",  # the interrupted run resumed, by design; the reference did not
     "threads",             # a property of the worker (cores // workers, Ray's num_cpus), not of the run
+    "omp_wait_policy",     # likewise the worker's: chosen per sweep from the machine's load
     "counters",            # cache hits and misses: which run built the shared features depends on timing
 )
 

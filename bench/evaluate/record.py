@@ -4,6 +4,7 @@ the run's identity, its per-fold results and its test scores. Tables are a pure 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -77,6 +78,7 @@ def build_record(config: RunConfig, *, chash: str, encoder_name: str, checkpoint
         "avbench_version": __version__,
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: libgomp's default (spin, then sleep)
         "flush_denormal": denormals_flushed,
     }
 

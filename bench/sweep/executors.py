@@ -14,7 +14,9 @@ CUDA_VISIBLE_DEVICES) before it imports torch, which sizes its thread pool at st
 max(1, cores // N) threads, or fewer where the user set OMP_NUM_THREADS (a cap, so a sweep on a
 shared machine uses no more threads than asked). Workers share the feature cache safely:
 FeatureCache holds a per-key flock while it builds an entry and publishes it by one rename, so a
-key is built once and never read half-written.
+key is built once and never read half-written. Idle OpenMP threads spin (ACTIVE) when the
+workers x threads fit in the cores other processes leave free at the sweep's start, else sleep
+(PASSIVE); bench.sweep.cpu.choose_wait_policy, and the user's OMP_WAIT_POLICY wins.
 
 ray: each run a Ray task declaring `cpus_per_run` CPUs and `gpus_per_run` GPUs, on the cluster at
 `address` or on a Ray instance started here. On a cluster, every node needs avbench (and any
@@ -23,7 +25,8 @@ records file on a filesystem all nodes see at the same path, with working flock 
 without lockd). The driver's AVBENCH_DATA goes in each task's runtime_env env_vars, the records
 path is made absolute, and tasks work in the driver's current folder so relative task paths
 agree. Ray retries nothing (max_retries=0): a failure is recorded and a re-run of the sweep
-retries it. Ray is an optional extra (`pip install avbench[ray]`), imported only when asked for.
+retries it. Ray tasks sleep when idle (PASSIVE): Ray packs other tasks onto the same cores, and
+this process cannot see a remote node's load. Ray is an optional extra (`pip install avbench[ray]`), imported only when asked for.
 """
 
 from __future__ import annotations
@@ -38,24 +41,11 @@ from typing import Any, Iterable, Iterator
 
 from bench.errors import ConfigError
 from bench.records import append_record, git_commit
+from bench.sweep.cpu import busy_cores, choose_wait_policy, thread_env, usable_cores, user_thread_cap
 
 log = logging.getLogger("avbench.executors")
 
 Job = dict[str, Any]  # {"index": int, "label": str, "config": dict of RunConfig fields}
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-# Measured on 2 cores: the logmel paper-protocol epoch (225 s against a median 122 s) and loop_benchmark (1.95x).
-PASSIVE_COST = "1.8-2x"
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment for a run process with `threads` compute threads (set before torch is imported).
-
-    Idle OpenMP threads sleep rather than spin: on a machine shared with other jobs, spinning made
-    a 2-thread BiGRU epoch take 5.9-29 s against 1.4 s with 1 thread; sleeping, 1.7-2.1 s. The
-    price on a machine the sweep has alone is PASSIVE_COST (the BiGRU's many small parallel regions
-    each wait for a sleeping thread to wake), so the user's own OMP_WAIT_POLICY wins.
-    """
-    return {**dict.fromkeys(THREAD_VARS, str(threads)), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def record_failure(records: str | Path, config: dict, error: str, trace: str | None = None) -> None:
@@ -110,28 +100,6 @@ def visible_gpus() -> list[str]:
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def user_thread_cap() -> int | None:
-    """OMP_NUM_THREADS from the environment as a positive int, or None when unset.
-
-    Raises a ConfigError for a value torch would reject later in every worker."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if not value:
-        return None
-    try:
-        cap = int(value)
-    except ValueError:
-        cap = 0
-    if cap < 1:
-        raise ConfigError(f"OMP_NUM_THREADS={value!r} in the environment: it must be a positive "
-                          "integer (the most threads each run may use); unset it to let the "
-                          "sweep give each worker cores // workers threads")
-    return cap
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -200,9 +168,10 @@ class LocalExecutor:
         cap = user_thread_cap()
         if cap is not None and cap < self.threads:
             self.threads = cap
+        self.wait_policy = "PASSIVE"  # chosen again from the machine's load when a sweep starts
 
     def _env(self, slot: int) -> dict[str, str]:
-        env = thread_env(self.threads)
+        env = thread_env(self.threads, self.wait_policy)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         return env
@@ -228,14 +197,16 @@ class LocalExecutor:
             child.close()
             return {"id": slot_id, "process": process, "conn": parent, "job": None}
 
+        workers = min(self.workers, len(pending))
+        if workers:  # measured before the workers start, so the reading is the others' load
+            choice = choose_wait_policy(workers, self.threads, self.cores,
+                                        0.0 if "OMP_WAIT_POLICY" in os.environ else busy_cores())
+            self.wait_policy = choice.policy
+            log.info("%s", choice.message())
         try:
-            slots = [start(i) for i in range(min(self.workers, len(pending)))]
+            slots = [start(i) for i in range(workers)]
             log.info("local executor: %d worker(s), %d thread(s) each%s", len(slots), self.threads,
                      f", GPUs {','.join(self.gpus)}" if self.gpus else "")
-            if self.threads > 1 and "OMP_WAIT_POLICY" not in os.environ:
-                log.info("idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, safe beside other jobs); on a machine "
-                         "this sweep has to itself, OMP_WAIT_POLICY=ACTIVE trains a multi-thread BiGRU run "
-                         "about %s faster", PASSIVE_COST)
             while True:
                 for i, slot in enumerate(slots):
                     if slot["job"] is None and pending:
