@@ -70,6 +70,8 @@ def test_a_sweeps_workers_get_the_chosen_policy(tiny_corpus, tmp_path, monkeypat
     from bench.cli import main
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # one worker gets every core
+    # A data folder of its own: features cached here must not turn other tests' first runs into cache hits.
+    monkeypatch.setenv("AVBENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(executors, "usable_cores", lambda: 2)
     monkeypatch.setattr(executors, "busy_cores", lambda: other_load)
     records = tmp_path / "runs.jsonl"
