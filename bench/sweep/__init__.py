@@ -3,5 +3,6 @@ the evaluation runs it names, skipping those already recorded.
 
 config.py reads and checks the grid, run.py plans the runs (their config hashes) and hands the
 missing ones to an executor, cost.py estimates what is left (`--dry-run`), and executors.py runs
-them inline, in local worker processes or as Ray tasks.
+them inline, in local worker processes or as Ray tasks; cpu.py gives local workers their threads
+and OpenMP wait policy from the cores and the load already on the machine.
 """
