@@ -128,7 +128,7 @@ def wait_policy_section(threads: int = 2, repeats: int = 3) -> None:
             time.sleep(1.0)  # scheduled and running before the load is read
         try:
             busy = busy_cores(1.0)
-            picked = choose_wait_policy(1, threads, usable_cores(), busy)
+            picked = choose_wait_policy(1, threads, usable_cores(), lambda: busy)
             rates: dict[str, list[float]] = {"PASSIVE": [], "ACTIVE": []}
             for _ in range(repeats):  # interleaved, so a drift in the machine hits both alike
                 for policy in rates:
@@ -196,6 +196,7 @@ def main() -> None:
                   f"{gflops:.1f} GFLOP/s ({100 * gflops / peak:.0f}% of the matrix-product rate)")
 
     wait_policy_section()
+
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ def no_user_policy(monkeypatch):
     (2, 1, 2, 0.00, "PASSIVE"),  # one thread per run: nothing to spin for
 ])
 def test_policy_follows_free_cores(workers, threads, cores, busy, expected):
-    choice = choose_wait_policy(workers, threads, cores, busy)
+    choice = choose_wait_policy(workers, threads, cores, lambda: busy)
     assert choice.policy == expected and not choice.user_set
     assert f"{workers * threads} of {cores} cores" in choice.message()
     assert "override with OMP_WAIT_POLICY=ACTIVE|PASSIVE" in choice.message()
@@ -38,7 +38,7 @@ def test_policy_follows_free_cores(workers, threads, cores, busy, expected):
 
 def test_the_users_policy_wins(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    choice = choose_wait_policy(1, 2, 2, 0.0)
+    choice = choose_wait_policy(1, 2, 2, lambda: 0.0)
     assert (choice.policy, choice.user_set) == ("PASSIVE", True)
     assert "your OMP_WAIT_POLICY" in choice.message()
     assert thread_env(2, "ACTIVE")["OMP_WAIT_POLICY"] == "PASSIVE"
@@ -87,3 +87,12 @@ records: {records}
     assert f"OpenMP wait policy {expected}: 1 worker(s) x 2 thread(s) = 2 of 2 cores" in caplog.text
     (record,) = read_records(records)
     assert (record["threads"], record["omp_wait_policy"]) == (2, expected)
+
+
+def test_the_load_is_measured_only_when_it_decides(monkeypatch):
+    def unwanted() -> float:
+        raise AssertionError("the load was measured for a choice it cannot change")
+
+    assert choose_wait_policy(2, 1, 2, unwanted).policy == "PASSIVE"  # one thread per run
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert choose_wait_policy(1, 2, 2, unwanted).policy == "ACTIVE"  # the user's setting

@@ -15,11 +15,11 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from bench.errors import ConfigError
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-WAIT_POLICIES = ("ACTIVE", "PASSIVE")
 # Other processes' load, in cores, under which a core still counts as free. An idle machine
 # reads 0.00-0.10 here (daemons, this process's own start); one CPU-bound process reads ~1.0.
 FREE_CORE_SLACK = 0.25
@@ -111,22 +111,23 @@ class WaitPolicy:
         return f"OpenMP wait policy {self.policy}: {self.reason} ({how})"
 
 
-def choose_wait_policy(workers: int, threads: int, cores: int, busy: float) -> WaitPolicy:
+def choose_wait_policy(workers: int, threads: int, cores: int, busy: Callable[[], float]) -> WaitPolicy:
     """ACTIVE when the sweep's workers x threads fit in the cores others leave free, else PASSIVE.
 
-    `busy` is other processes' load in cores (busy_cores()); a core counts as taken from
-    FREE_CORE_SLACK of load on, so a half-busy core is not spun on. The user's OMP_WAIT_POLICY wins.
+    `busy` measures other processes' load in cores (busy_cores), called only when the answer
+    depends on it: not when the user set OMP_WAIT_POLICY (which wins), nor with one thread per run.
+    A core counts as taken from FREE_CORE_SLACK of load on, so a half-busy core is not spun on.
     """
     user = os.environ.get("OMP_WAIT_POLICY", "").strip()
     if user:
         return WaitPolicy(user, "set in the environment", user_set=True)
-    demand = workers * threads
-    taken = max(0, math.ceil(busy - FREE_CORE_SLACK))
-    free = max(0, cores - taken)
-    load = f"{workers} worker(s) x {threads} thread(s) = {demand} of {cores} cores, other load {busy:.2f} cores"
-    if threads > 1 and demand <= free:
-        return WaitPolicy("ACTIVE", f"{load}: the sweep has its cores to itself, idle threads spin")
+    demand = f"{workers} worker(s) x {threads} thread(s) = {workers * threads} of {cores} cores"
     if threads == 1:
-        return WaitPolicy("PASSIVE", f"{load}: one thread per run never waits for another")
-    return WaitPolicy("PASSIVE", f"{load}: cores are shared, idle threads sleep (spinning on shared "
-                                 "cores was up to 20x slower)")
+        return WaitPolicy("PASSIVE", f"{demand}: one thread per run never waits for another")
+    load = busy()
+    free = max(0, cores - max(0, math.ceil(load - FREE_CORE_SLACK)))
+    if workers * threads <= free:
+        return WaitPolicy("ACTIVE", f"{demand}, other load {load:.2f} cores: the sweep has its cores "
+                                    "to itself, idle threads spin")
+    return WaitPolicy("PASSIVE", f"{demand}, other load {load:.2f} cores: cores are shared, idle threads "
+                                 "sleep (spinning on shared cores was up to 20x slower)")

@@ -26,7 +26,8 @@ without lockd). The driver's AVBENCH_DATA goes in each task's runtime_env env_va
 path is made absolute, and tasks work in the driver's current folder so relative task paths
 agree. Ray retries nothing (max_retries=0): a failure is recorded and a re-run of the sweep
 retries it. Ray tasks sleep when idle (PASSIVE): Ray packs other tasks onto the same cores, and
-this process cannot see a remote node's load. Ray is an optional extra (`pip install avbench[ray]`), imported only when asked for.
+this process cannot see a remote node's load. Ray is an optional extra (`pip install avbench[ray]`),
+imported only when asked for.
 """
 
 from __future__ import annotations
@@ -198,9 +199,8 @@ class LocalExecutor:
             return {"id": slot_id, "process": process, "conn": parent, "job": None}
 
         workers = min(self.workers, len(pending))
-        if workers:  # measured before the workers start, so the reading is the others' load
-            choice = choose_wait_policy(workers, self.threads, self.cores,
-                                        0.0 if "OMP_WAIT_POLICY" in os.environ else busy_cores())
+        if workers:  # before the workers start, so a load reading is the others' load
+            choice = choose_wait_policy(workers, self.threads, self.cores, busy_cores)
             self.wait_policy = choice.policy
             log.info("%s", choice.message())
         try:
