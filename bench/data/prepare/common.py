@@ -25,6 +25,14 @@ class CorpusLayoutError(ValueError):
     """A corpus folder that does not have the expected layout. Names the path and the fix."""
 
 
+def existing_folder(root: str | Path, fix_hint: str) -> Path:
+    """`root` with ~ expanded, or a CorpusLayoutError naming it and `fix_hint` when it is no folder."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CorpusLayoutError(f"{root}: no such folder. {fix_hint}")
+    return root
+
+
 @dataclass
 class BadAudioLog:
     """Applies `--on-bad-audio`: 'error' stops at the first bad file, 'skip' logs and counts it."""

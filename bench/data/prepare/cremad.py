@@ -25,7 +25,8 @@ import pandas as pd
 
 from bench.data.manifest import write_manifest
 from bench.paths import prepared_dir
-from bench.data.prepare.common import SPEAKER_FOLD_RULE, BadAudioLog, CorpusLayoutError, probe_in_speaker_folds
+from bench.data.prepare.common import (SPEAKER_FOLD_RULE, BadAudioLog, CorpusLayoutError, existing_folder,
+                                       probe_in_speaker_folds)
 
 log = logging.getLogger("avbench.prepare.cremad")
 
@@ -44,9 +45,7 @@ def _fix_hint() -> str:
 
 
 def find_audio_folder(root: str | Path) -> Path:
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = existing_folder(root, _fix_hint())
     if (root / AUDIO_FOLDER).is_dir():
         return (root / AUDIO_FOLDER).resolve()
     if root.name == AUDIO_FOLDER:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.manifest import write_manifest
-from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_files
+from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, existing_folder, probe_files
 from bench.data.task_types import split_of_fold
 from bench.paths import prepared_dir
 
@@ -130,9 +130,7 @@ def prepare_iemocap(root: str | Path, out_dir: str | Path | None = None, *, on_b
 
 def _sessions(root: str | Path) -> tuple[Path, list[int]]:
     """The resolved corpus root and its session numbers (at least 3, for train, valid and test)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = existing_folder(root, _fix_hint())
     root = root.resolve()
     sessions = sorted(int(m.group(1)) for e in os.scandir(root) if e.is_dir() and (m := _SESSION.match(e.name)))
     if len(sessions) < 3:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from bench.data.audio import TARGET_SAMPLE_RATE, AudioError, audio_info
 from bench.data.manifest import write_manifest
-from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_audio
+from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, existing_folder, probe_audio
 from bench.errors import ConfigError
 from bench.paths import prepared_dir
 from bench.data.video import (VideoError, audio_track_length, check_crop, decode_audio_track, parse_crop,
@@ -83,9 +83,7 @@ def _fix_hint() -> str:
 
 def find_lrw_root(root: str | Path) -> Path:
     """The lipread_mp4 folder, given either it or its parent."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = existing_folder(root, _fix_hint())
     if (root / "lipread_mp4").is_dir():
         root = root / "lipread_mp4"
     return root.resolve()

@@ -27,7 +27,8 @@ import pandas as pd
 
 from bench.data.manifest import write_manifest
 from bench.paths import prepared_dir
-from bench.data.prepare.common import SPEAKER_FOLD_RULE, BadAudioLog, CorpusLayoutError, probe_in_speaker_folds
+from bench.data.prepare.common import (SPEAKER_FOLD_RULE, BadAudioLog, CorpusLayoutError, existing_folder,
+                                       probe_in_speaker_folds)
 
 log = logging.getLogger("avbench.prepare.ravdess")
 
@@ -87,9 +88,7 @@ def prepare_ravdess(root: str | Path, out_dir: str | Path | None = None, *, on_b
     `out_dir` defaults to bench.paths.prepared_dir("ravdess").
     """
     bad = BadAudioLog(on_bad_audio)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = existing_folder(root, _fix_hint())
     root = root.resolve()
     actors = sorted(e.name for e in os.scandir(root) if e.is_dir() and _ACTOR_FOLDER.match(e.name))
     if not actors:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.manifest import write_manifest
-from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_files
+from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, existing_folder, probe_files
 from bench.paths import prepared_dir
 
 log = logging.getLogger("avbench.prepare.spc")
@@ -179,9 +179,7 @@ def prepare_spc(root: str | Path, out_dir: str | Path | None = None, *, on_bad_a
 
 def _word_folders(root: str | Path) -> tuple[Path, list[str]]:
     """The resolved corpus root and its word folders' names (sorted)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = existing_folder(root, _fix_hint())
     root = root.resolve()
     words = sorted(e.name for e in os.scandir(root)
                    if e.is_dir() and not e.name.startswith(("_", ".")))

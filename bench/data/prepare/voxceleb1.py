@@ -28,7 +28,7 @@ import pandas as pd
 
 from bench.data.manifest import write_manifest
 
-from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, probe_files
+from bench.data.prepare.common import BadAudioLog, CorpusLayoutError, existing_folder, probe_files
 from bench.data.task_types import IDEN_SPLIT_CODES
 from bench.files import atomic_write_bytes
 from bench.paths import prepared_dir
@@ -168,9 +168,7 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path | None = None, *, on
 def _locate(root: str | Path, trials: str | Path | None) -> tuple[Path, Path, Path, Path]:
     """The resolved corpus root, its wav/ folder, iden_split.txt and the trial list's path (the
     given one, which must exist, else ROOT/veri_test2.txt, which may not)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusLayoutError(f"{root}: no such folder. {_fix_hint()}")
+    root = existing_folder(root, _fix_hint())
     root = root.resolve()
     wav = root / "wav"
     if not wav.is_dir():
