@@ -51,18 +51,16 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
     manifest = resolve_task(config.task, progress=progress)
     encoder_name = split_spec(config.encoder)[0]
     checkpoint, ckpt_hash, chash = run_identity(config, manifest.manifest_id)
-    if not force:
-        done = completed(read_records(records_path)).get(chash)
-        if done is not None:
-            log.info("skipping %s on %s (%s): already recorded as %s", config.encoder, config.task, config.mode, chash)
-            return {**done, "skipped": True}
+    if not force and (done := completed(read_records(records_path)).get(chash)) is not None:
+        log.info("skipping %s on %s (%s): already recorded as %s", config.encoder, config.task, config.mode, chash)
+        return {**done, "skipped": True}
 
     # One process per run: a second sweep (or a worker left over from a killed one) that reaches
     # the same run waits here, then finds it recorded instead of training it again.
     with exclusive_run(chash):
-        if not force and chash in completed(read_records(records_path)):
+        if not force and (done := completed(read_records(records_path)).get(chash)) is not None:
             log.info("skipping %s on %s: recorded by another process meanwhile", config.encoder, config.task)
-            return {**completed(read_records(records_path))[chash], "skipped": True}
+            return {**done, "skipped": True}
         view = _task_view(config, manifest)
         labels = list(view.labels)
         label_index = {label: i for i, label in enumerate(labels)}
