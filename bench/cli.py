@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bench import __version__
-from bench.arguments import positive_int
+from bench.arguments import add_device_option, positive_int
 from bench.data import commands as data_commands
 from bench.evaluate import commands as evaluate_commands
 from bench.pretrain import commands as pretrain_commands
@@ -24,6 +24,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from bench.sweep.executors import LocalExecutor, RayExecutor
     from bench.sweep.run import run_sweep
 
+    from bench.device import resolve_device
+
+    resolve_device(args.device)  # a sweep asked to run on a GPU stops here when there is none
     sweep = load_sweep(args.config)
     if args.records is not None:
         sweep.records = args.records
@@ -31,9 +34,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(dry_run_report(sweep))
         return 0
     if args.executor == "ray":
-        executor = RayExecutor(args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+        executor = RayExecutor(args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                               device=args.device)
     else:
-        executor = LocalExecutor(workers=args.workers, runs_per_device=args.runs_per_device)
+        executor = LocalExecutor(workers=args.workers, runs_per_device=args.runs_per_device, device=args.device)
     summary = run_sweep(sweep, force=args.force, progress=not args.quiet, executor=executor, plugins=args.plugin)
     if sweep.tables is not None:
         for path in write_tables(sweep.records, sweep.tables):
@@ -78,6 +82,7 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
                        help="local: concurrent runs (default: --runs-per-device per device, else one per core)")
     sweep.add_argument("--runs-per-device", dest="runs_per_device", type=positive_int, default=None,
                        help="local: concurrent runs per GPU, or on the machine without GPUs")
+    add_device_option(sweep)
     sweep.add_argument("--ray-address", dest="ray_address", default=None,
                        help="ray: cluster address (default: start a local Ray instance)")
     sweep.add_argument("--cpus-per-run", dest="cpus_per_run", type=float, default=1.0, help="ray: default 1")

@@ -84,6 +84,9 @@ class JointPretext(Pretext):
         out.update({f"visual_{k}": v for k, v in visual.items() if not k.startswith("loss")})
         return out
 
+    def crop_reader(self):
+        return self.visual.crop_reader()  # the audio targets are sliced from an in-memory cache
+
     def snapshot(self, out_dir: str | Path, step: int) -> dict[str, float]:
         return self.visual.snapshot(out_dir, step)
 

@@ -136,6 +136,9 @@ class VisualPretext(Pretext):
         out["loss"] = loss
         return out
 
+    def crop_reader(self) -> "MouthCropReader":
+        return MouthCropReader(self.mouths)
+
     def targets(self, info: CropInfo, out_lengths: torch.Tensor,
                 frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real frames [B, frames, S, S], stills [B, S, S] and valid [B, frames] of a batch of crops.
@@ -145,7 +148,12 @@ class VisualPretext(Pretext):
         """
         if len(info.rows) != len(out_lengths):
             raise ValueError(f"visual pretext: {len(out_lengths)} crops but CropInfo names {len(info.rows)} rows")
-        real, counts, stills = self.mouths.batch(info.rows, first_video_frames(info.starts), frames)
+        loaded = info.extras.get("mouth_frames")
+        if loaded is None:  # no loader worker read them: read them here
+            real, counts, stills = self.mouths.batch(info.rows, first_video_frames(info.starts), frames)
+        else:
+            real, counts, stills = loaded
+            real = _first_frames(real, frames)
         valid = length_mask(torch.minimum(torch.as_tensor(out_lengths).to(torch.long).cpu(), counts), frames)
         return real, stills, valid
 
@@ -180,6 +188,29 @@ class VisualPretext(Pretext):
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_grid(out_dir / f"frames-step{int(step):06d}.png", result.pop("_examples"))
         return result
+
+
+class MouthCropReader:
+    """The mouth frames of a batch's crops, read in a pretraining loader worker (Pretext.crop_reader).
+
+    It reads ceil(crop_samples / 640) frames per crop, the most frames an encoder emits for the
+    crop (bench.data.mouth_frames); `targets` keeps the first as many as the encoder gave.
+    """
+
+    def __init__(self, mouths: MouthFrameSource) -> None:
+        self.mouths = mouths
+
+    def __call__(self, info: CropInfo, crop_samples: int) -> dict:
+        frames = -(-int(crop_samples) // SAMPLES_PER_FRAME)
+        return {"mouth_frames": self.mouths.batch(info.rows, first_video_frames(info.starts), frames)}
+
+
+def _first_frames(real: torch.Tensor, frames: int) -> torch.Tensor:
+    """[B, n, S, S] -> [B, frames, S, S]: cut, or padded with zero frames (which the loss masks)."""
+    if real.shape[1] >= frames:
+        return real[:, :frames]
+    pad = real.new_zeros((real.shape[0], frames - real.shape[1]) + tuple(real.shape[2:]))
+    return torch.cat([real, pad], dim=1)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -7,7 +7,9 @@ crash-safe publication).
 
 Key. `FeatureCache.key` is a sha256 over `encoder.config()`, a digest of the encoder's
 state_dict (names, shapes, dtypes and bytes of every tensor), the manifest's content id, the
-preprocessing the cache applies, and `CACHE_FORMAT_VERSION`. A new checkpoint, config, manifest
+preprocessing the cache applies, the forward precision when it is not fp32 (bf16 features
+differ; fp32 adds nothing, so entries built before the option keep their keys), and
+`CACHE_FORMAT_VERSION`. The device is not in the key: it is recorded in the entry's meta. A new checkpoint, config, manifest
 or crop gives a new key, so an entry is never stale; entries are never updated in place.
 
 Reuse across manifests. Before running the encoder, a builder copies the clips from a complete
@@ -119,12 +121,15 @@ class FeatureCache:
 
     # ----- keys -------------------------------------------------------------------------------
 
-    def key(self, encoder: "Encoder", manifest: "Manifest", preprocessing: dict | None = None) -> str:
+    def key(self, encoder: "Encoder", manifest: "Manifest", preprocessing: dict | None = None,
+            precision: str = "fp32") -> str:
         """The entry key: equal inputs give equal keys across processes and machines."""
-        return self._key_inputs(encoder, manifest, preprocessing)[0]
+        return self._key_inputs(encoder, manifest, preprocessing, precision)[0]
 
     def _key_inputs(self, encoder: "Encoder", manifest: "Manifest",
-                    preprocessing: dict | None) -> tuple[str, dict]:
+                    preprocessing: dict | None, precision: str = "fp32") -> tuple[str, dict]:
+        from bench.device import check_precision
+
         name = getattr(encoder, "name", type(encoder).__name__)
         config = encoder.config()
         try:
@@ -140,6 +145,8 @@ class FeatureCache:
             "manifest_id": manifest.manifest_id,
             "preprocessing": self._preprocessing(encoder, preprocessing),
         }
+        if check_precision(precision) != "fp32":
+            inputs["precision"] = precision
         blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:32], inputs
 
@@ -176,16 +183,16 @@ class FeatureCache:
 
     def get_or_build(self, encoder: "Encoder", manifest: "Manifest", preprocessing: dict | None = None,
                      *, batch_size: int = 16, device: str = "cpu", progress: bool = True,
-                     num_workers: int | None = None) -> CachedFeatures:
-        """Open the entry for (encoder, manifest, preprocessing), building it first if needed.
+                     num_workers: int | None = None, precision: str = "fp32") -> CachedFeatures:
+        """Open the entry for (encoder, manifest, preprocessing, precision), building it first if needed.
 
-        The encoder is moved to `device` (nn.Module.to works in place) and run in eval mode; its
-        train/eval mode is restored afterwards. `num_workers` audio-loading processes (None: 0
+        The encoder is moved to `device` (nn.Module.to works in place) and run in eval mode, under
+        autocast for precision bf16/fp16; its train/eval mode is restored afterwards. `num_workers` audio-loading processes (None: 0
         below 512 clips, else one per core but one, at most 4) feed the encoder.
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        key, inputs = self._key_inputs(encoder, manifest, preprocessing)
+        key, inputs = self._key_inputs(encoder, manifest, preprocessing, precision)
         final = self.entry_path(key)
         if final.is_dir():  # entries appear by an atomic rename: a folder here is complete
             return CachedFeatures.open(final)
@@ -229,6 +236,8 @@ class FeatureCache:
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
+        from bench.device import autocast, device_name
+
         name = getattr(encoder, "name", type(encoder).__name__)
         dim = int(getattr(encoder, "dim", 0) or 0)
         if dim <= 0:
@@ -269,8 +278,9 @@ class FeatureCache:
                                                desc=f"caching {name}") as bar:
                 for b, items in enumerate(loader):
                     idx = [i for i, _ in items]
-                    feats = self._forward(encoder, name, dim, [w for _, w in items], device,
-                                          [clip_ids[i] for i in idx], [paths[i] for i in idx])
+                    with autocast(torch.device(device), inputs.get("precision", "fp32")):
+                        feats = self._forward(encoder, name, dim, [w for _, w in items], device,
+                                              [clip_ids[i] for i in idx], [paths[i] for i in idx])
                     pending.update(zip(idx, feats))
                     bar.update(len(idx))
                     if b in last_of_window:  # everything up to here is done: write in order
@@ -291,6 +301,8 @@ class FeatureCache:
             "frame_rate": float(encoder.frame_rate),
             "batch_size": batch_size,
             "device": str(device),
+            "device_name": device_name(torch.device(device)),
+            "precision": inputs.get("precision", "fp32"),
         })
 
     @staticmethod
@@ -321,7 +333,7 @@ class FeatureCache:
             raise FeatureError(f"encoder {name!r} returned lengths' {out_lengths.tolist()} for "
                                f"{feats.shape[1]} output frames; expected {len(wavs)} values, none "
                                "above the frame count")
-        feats = feats.detach()
+        feats = feats.detach().float()  # autocast gives bf16/fp16; the checks and the cast read fp32
         n_frames = out_lengths.cpu().tolist()
         peaks = _frame_peaks(feats)
         for i, n in enumerate(n_frames):

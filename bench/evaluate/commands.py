@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.arguments import key_values
+from bench.arguments import add_device_option, add_precision_option, key_values
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--checkpoint", default=None, help="encoder checkpoint (same as NAME@PATH)")
     run.add_argument("--encoder-arg", dest="encoder_arg", action="append", metavar="KEY=VALUE",
                      help="encoder constructor argument, e.g. --encoder-arg layer=2 (repeatable)")
+    add_device_option(run)
+    add_precision_option(run, default=None)
     run.add_argument("--records", type=Path, default=Path("results/runs.jsonl"))
     run.add_argument("--force", action="store_true", help="run even if this config is already recorded")
     run.set_defaults(func=_cmd_run)
@@ -88,17 +90,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "label_fraction": args.label_fraction, "checkpoint": args.checkpoint,
                 "encoder_kwargs": key_values(args.encoder_arg, "--encoder-arg")}
     for key in ("epochs", "lr", "lr_drop_epoch", "lr_after_drop", "encoder_lr", "batch_size", "pooling",
-                "task_type", "k_shot", "budget_steps", "label_map"):
+                "task_type", "k_shot", "budget_steps", "label_map", "precision"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if args.eval_task:
         settings["eval_tasks"] = args.eval_task
-    record = run_experiment(RunConfig.from_dict(settings), args.records, force=args.force, progress=not args.quiet)
+    record = run_experiment(RunConfig.from_dict(settings), args.records, force=args.force, progress=not args.quiet,
+                            device=args.device)
     what = "already recorded" if record.get("skipped") else "recorded"
     labels = f"{record['k_shot']}-shot" if record.get("k_shot") else f"{record['label_fraction']:g} labels"
     metrics = ", ".join(f"{name} {100 * value:.2f}%" for name, value in (record.get("metrics") or
                                                                           {"accuracy": record["test_acc"]}).items())
     print(f"{record['encoder']} on {record['task']} ({record.get('task_type', 'words')}, {record['mode']}, {labels}, "
           f"seed {record['seed']}): test {metrics} at best val epoch {record['best_epoch']} "
-          f"(val accuracy {100 * record['val_acc']:.2f}%); {what} in {args.records} as {record['config_hash']}")
+          f"(val accuracy {100 * record['val_acc']:.2f}%); {what} in {args.records} as {record['config_hash']}"
+          + ("" if record.get("skipped") else f" ({record['device_name']}, {record['precision']})"))
     return 0

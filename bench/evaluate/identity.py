@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bench.device import DEFAULT_PRECISION, check_precision
 from bench.errors import ConfigError
 from bench.evaluate.downstream import POOLINGS
 from bench.files import file_sha256
@@ -27,7 +28,7 @@ log = logging.getLogger("avbench.runner")
 
 MODES = ("frozen", "finetune", "scratch")
 LATER_SETTINGS = {"task_type": "words", "k_shot": None, "budget_steps": None, "eval_tasks": (),
-                  "label_map": None}
+                  "label_map": None, "precision": DEFAULT_PRECISION}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class RunConfig:
     budget_steps: int | None = None     # a fixed number of optimizer steps instead of `epochs` passes
     eval_tasks: tuple = ()              # other tasks (same label space) to test the trained model on
     label_map: str | None = None        # emotion: map each corpus's labels to a shared space (label_maps/)
+    precision: str = DEFAULT_PRECISION  # the encoder's forward passes (cache build, finetune): fp32 | bf16 | fp16
 
     def validated(self) -> "RunConfig":
         if self.mode not in MODES:
@@ -71,6 +73,7 @@ class RunConfig:
         if self.budget_steps is not None and self.budget_steps < self.epochs:
             raise ConfigError(f"budget_steps ({self.budget_steps}) must be at least epochs ({self.epochs}): the "
                               "steps are spread over `epochs` validation rounds")
+        check_precision(self.precision)
         if self.mode == "scratch" and (self.checkpoint or split_spec(self.encoder)[1]):
             raise ConfigError(f"mode scratch trains {self.encoder!r} from random weights: drop the checkpoint")
         return self

@@ -15,6 +15,7 @@ from bench import __version__
 from bench.data.datasets import subset_hash
 from bench.evaluate.identity import RunConfig
 from bench.evaluate.scoring import clip_order_hash, confusion_matrix, per_class_accuracy
+from bench.device import describe
 from bench.records import git_commit
 
 
@@ -27,7 +28,7 @@ def fold_metrics(fold_results: list[dict]) -> dict[str, float]:
 def build_record(config: RunConfig, *, chash: str, encoder_name: str, checkpoint: str | None, ckpt_hash: str | None,
                  encoder_params: int, manifest, view, labels: list[str], fold_results: list[dict],
                  metrics: dict[str, float], verification: dict[str, Any], counters: dict,
-                 denormals_flushed: bool) -> dict[str, Any]:
+                 denormals_flushed: bool, device: torch.device | None = None) -> dict[str, Any]:
     """The main record of a run: trained on config.task (every fold of it) and tested there."""
     targets = np.concatenate([f["targets"] for f in fold_results])
     preds = np.concatenate([f["preds"] for f in fold_results])
@@ -80,6 +81,7 @@ def build_record(config: RunConfig, *, chash: str, encoder_name: str, checkpoint
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: libgomp's default (spin, then sleep)
         "flush_denormal": denormals_flushed,
+        **describe(device or torch.device("cpu"), config.precision),  # device, device_name, precision
     }
 
 

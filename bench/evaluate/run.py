@@ -31,6 +31,7 @@ from bench.evaluate.record import build_record, cross_record, fold_metrics
 from bench.evaluate.scoring import classification_metrics, cross_evaluate, verify
 from bench.evaluate.training import EncoderClassifier, fit, predict, seed_everything, state_path
 from bench.records import append_record, completed, read_records
+from bench.device import resolve_device
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
 
@@ -38,14 +39,18 @@ log = logging.getLogger("avbench.runner")
 
 
 def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool = False, progress: bool = True,
-                   cache=None) -> dict[str, Any]:
+                   cache=None, device: str = "auto") -> dict[str, Any]:
     """Run one experiment and append its record(s); return the record (or the existing one if skipped).
+
+    `device` (auto, cpu, cuda, cuda:N) is where the encoder and the head run; it is not part of the
+    run's identity, but the record names it.
 
     A run trains on `config.task` (every fold of it, where the task defines folds) and tests there;
     each of `config.eval_tasks` then adds a record of the same trained model tested on that task.
     The main record is appended last, so a run killed in between is re-run whole.
     """
     config = config.validated()
+    placed = resolve_device(device)
     denormals_flushed = flush_denormals()
     started = time.time()
     manifest = resolve_task(config.task, progress=progress)
@@ -75,7 +80,7 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
             from bench.data.feature_cache import FeatureCache
 
             cache = FeatureCache()
-        features = RunFeatures(config, encoder, manifest, cache, counters, progress)
+        features = RunFeatures(config, encoder, manifest, cache, counters, progress, device=placed)
 
         fold_results, models = [], []
         for k, splits in enumerate(folds):
@@ -97,10 +102,11 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
         record = build_record(config, chash=chash, encoder_name=encoder_name, checkpoint=checkpoint,
                               ckpt_hash=ckpt_hash, encoder_params=encoder_params, manifest=manifest, view=view,
                               labels=labels, fold_results=fold_results, metrics=metrics, verification=verification,
-                              counters=counters, denormals_flushed=denormals_flushed)
+                              counters=counters, denormals_flushed=denormals_flushed, device=placed)
         # The training task's own test is the main record; a sweep lists every task of its matrix here.
         for eval_task in (t for t in config.eval_tasks if t != config.task):
-            cross = cross_evaluate(config, eval_task, models[0], encoder, label_index, cache, counters, progress)
+            cross = cross_evaluate(config, eval_task, models[0], encoder, label_index, cache, counters, progress,
+                                   device=placed)
             append_record(records_path, cross_record(record, cross, round(time.time() - started, 2)))
         record["wall_seconds"] = round(time.time() - started, 2)
         append_record(records_path, record)
@@ -142,10 +148,11 @@ def _train_fold(config: RunConfig, k: int, splits: dict, train_rows, encoder: nn
     # not, and the training must not depend on whether the features were cached already.
     generator = seed_everything(config.seed)
     head = BiGRUClassifier(encoder.dim, len(label_index), config.hidden, config.layers, config.pooling)
+    head.to(features.device)
     groups = [{"params": head.parameters(), "lr": config.lr, "base_lr": config.lr}]
     model: nn.Module = head
     if config.mode != "frozen":
-        model = EncoderClassifier(encoder, head)
+        model = EncoderClassifier(encoder.to(features.device), head, config.precision)
         enc_lr = config.encoder_lr or config.lr
         groups.append({"params": encoder.parameters(), "lr": enc_lr, "base_lr": enc_lr})
     optimizer = torch.optim.Adam(groups)

@@ -67,7 +67,8 @@ def verify(model: nn.Module, view, features: RunFeatures) -> dict[str, Any]:
 
 
 def cross_evaluate(config: RunConfig, eval_task: str, model: nn.Module, encoder: nn.Module,
-                   label_index: dict[str, int], cache, counters: dict, progress: bool) -> dict[str, Any]:
+                   label_index: dict[str, int], cache, counters: dict, progress: bool,
+                   device=None) -> dict[str, Any]:
     """The trained model tested on another task's test split, on the labels both tasks share."""
     manifest = resolve_task(eval_task, progress=progress)
     view = build_task_view(manifest, config.task_type, label_map=config.label_map)
@@ -81,7 +82,7 @@ def cross_evaluate(config: RunConfig, eval_task: str, model: nn.Module, encoder:
     if test.empty:
         raise ConfigError(f"{eval_task}: no test clip has a label of the training task {config.task!r}; map both "
                           "to a shared label space (bench/data/prepare/label_maps).")
-    features = RunFeatures(config, encoder, manifest, cache, counters, progress)
+    features = RunFeatures(config, encoder, manifest, cache, counters, progress, device=device)
     targets, preds = predict(model, features.loader(test, [label_index[x] for x in test[view.label_column]]))
     confusion = confusion_matrix(targets, preds, len(label_index))
     metrics = classification_metrics(targets, preds, len(label_index))

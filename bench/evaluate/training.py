@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bench.checkpoints import atomic_torch_save
+from bench.device import autocast, grad_scaler
 from bench.evaluate.downstream import BiGRUClassifier
 from bench.evaluate.identity import RunConfig, run_dir
 
@@ -36,18 +37,31 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 class EncoderClassifier(nn.Module):
-    """Encoder and BiGRU trained together (finetune and scratch modes)."""
+    """Encoder and BiGRU trained together (finetune and scratch modes).
 
-    def __init__(self, encoder: nn.Module, head: BiGRUClassifier) -> None:
+    The encoder's forward runs in the run's precision (autocast for bf16/fp16), the BiGRU head in
+    fp32 as in frozen mode, where it reads fp32 copies of the cached features.
+    """
+
+    def __init__(self, encoder: nn.Module, head: BiGRUClassifier, precision: str = "fp32") -> None:
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.encoder, self.head, self.precision = encoder, head, precision
+
+    def features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(wav.device, self.precision):
+            feats, feat_lengths = self.encoder(wav, lengths)
+        return feats.float(), feat_lengths
 
     def embed(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.head.embed(*self.encoder(wav, lengths))
+        return self.head.embed(*self.features(wav, lengths))
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        feats, feat_lengths = self.encoder(wav, lengths)
-        return self.head(feats, feat_lengths)
+        return self.head(*self.features(wav, lengths))
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model's parameters are (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def state_path(chash: str, fold: int | None = None) -> Path:
@@ -58,10 +72,11 @@ def state_path(chash: str, fold: int | None = None) -> Path:
 def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """(targets, predictions) as class indices, in the loader's (fixed) order."""
     model.eval()
+    device = device_of(model)
     targets, preds = [], []
     with torch.inference_mode():
         for x, lengths, y in loader:
-            preds.append(model(x, lengths).argmax(1).numpy())
+            preds.append(model(x.to(device), lengths.to(device)).argmax(1).cpu().numpy())
             targets.append(y.numpy())
     return np.concatenate(targets), np.concatenate(preds)
 
@@ -69,8 +84,9 @@ def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarra
 def embed(model: nn.Module, loader: DataLoader) -> np.ndarray:
     """Pooled clip embeddings (the layer before the classifier), in the loader's order."""
     model.eval()
+    device = device_of(model)
     with torch.inference_mode():
-        return np.concatenate([model.embed(x, lengths).numpy() for x, lengths, _ in loader])
+        return np.concatenate([model.embed(x.to(device), lengths.to(device)).cpu().numpy() for x, lengths, _ in loader])
 
 
 def rounds(config: RunConfig) -> list[int | None]:
@@ -108,6 +124,10 @@ def fit(config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, l
 
     history: list[dict] = []
     best: dict[str, Any] = {"epoch": 0, "val_acc": -1.0, "state": None}
+    device = device_of(model)
+    cuda = device.type == "cuda"
+    # Loss scaling only where fp16 runs a trained encoder (the head is always fp32); else a no-op.
+    scaler = grad_scaler(device, config.precision if encoder_trains else "fp32")
     # Each finished round is checkpointed, so a killed run resumes where it stopped and, with the
     # shuffling generator restored, ends with the same numbers as an uninterrupted one.
     first_epoch, resumed_from = 1, None
@@ -119,6 +139,8 @@ def fit(config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, l
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         history, best = saved["history"], saved["best"]
         first_epoch = resumed_from = saved["epoch"] + 1
         log.info("resuming %s from round %d (%s)", config.encoder, first_epoch, state_file)
@@ -133,13 +155,15 @@ def fit(config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, l
         losses = []
         epoch_start = time.time()
         for x, lengths, y in batches(loaders["train"], per_round[epoch - 1]):
+            x, lengths, y = (t.to(device, non_blocking=cuda) for t in (x, lengths, y))
             loss = nn.functional.cross_entropy(model(x, lengths), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch} "
                                          f"({config.encoder} on {config.task}); lower the lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(loss.item())
             if encoder_trains:
                 counters["encoder_forward_clips"] += len(y)
@@ -157,6 +181,7 @@ def fit(config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, l
         if epoch < config.epochs:
             atomic_torch_save(state_file, {"epoch": epoch, "model": model.state_dict(),
                                            "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                                           "torch_rng": torch.get_rng_state(), "history": history, "best": best})
+                                           "torch_rng": torch.get_rng_state(), "history": history, "best": best,
+                                           **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})})
     model.load_state_dict(best["state"])
     return history, best, resumed_from

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.arguments import key_values
+from bench.arguments import add_device_option, add_precision_option, key_values
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="objective argument, e.g. --pretext-arg n_ahead=5 (repeatable)")
     pre.add_argument("--out", type=Path, default=None,
                      help="output folder (default $AVBENCH_DATA/pretrained/NAME-DATA-BUDGET-seedS)")
+    add_device_option(pre)
+    add_precision_option(pre)
+    pre.add_argument("--loader-workers", dest="loader_workers", type=int, default=0,
+                     help="processes producing batches ahead of the step (default 0: in the training process); "
+                          "the batches are the same with any number")
     pre.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
     pre.add_argument("--force", action="store_true", help="start over even if OUT holds a checkpoint")
     pre.set_defaults(func=_cmd_pretrain)
@@ -43,19 +48,21 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     config = PretrainConfig(
         encoder=args.name, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
         crop_seconds=args.crop_seconds, lr=args.lr, seed=args.seed, splits=tuple(args.splits.split(",")),
-        save_every=args.save_every, log_every=args.log_every,
+        save_every=args.save_every, log_every=args.log_every, precision=args.precision,
+        loader_workers=args.loader_workers,
         encoder_kwargs=key_values(args.encoder_arg, "--encoder-arg"),
         pretext_kwargs=key_values(args.pretext_arg, "--pretext-arg")).validated()
     if args.out is None:
         budget = f"{config.steps}steps" if config.steps is not None else f"{config.epochs:g}epochs"
         data = Path(config.data).name if "/" in config.data else config.data.replace(":", "-")
         args.out = data_dir() / "pretrained" / f"{config.encoder}-{data}-{budget}-seed{config.seed}"
-    summary = pretrain(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    summary = pretrain(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet,
+                       device=args.device)
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print(f"{config.encoder} pretrained on {summary['data_name']} ({summary['clips']} clips): step "
           f"{summary['step']}/{summary['total_steps']} ({summary['epochs_done']:g} epochs), final loss "
-          f"{summary['final_loss']}, {summary['seconds']:.0f} s")
+          f"{summary['final_loss']}, {summary['seconds']:.0f} s on {summary['device_name']} ({summary['precision']})")
     print(f"curve:   {Path(args.out) / 'loss.csv'} and loss.png")
     print(f"encoder: {config.encoder}@{Path(args.out) / 'encoder.pt'}")
     return 0

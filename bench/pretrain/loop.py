@@ -22,7 +22,6 @@ run resumed from step k ends at the same weights as an uninterrupted one (tested
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,14 +35,15 @@ import torch
 
 from bench import __version__
 from bench.checkpoints import atomic_torch_save
-from bench.data.audio import load_audio
 from bench.data.manifest import Manifest
 from bench.data.tasks import resolve_task
 from bench.errors import ConfigError
 from bench.files import atomic_write_bytes
 from bench.pretrain.curve import write_curve
 from bench.pretrain.distributed import Distributed
-from bench.pretrain.objective import CropInfo, Pretext, PretextContext, pretext_factory
+from bench.device import DEFAULT_PRECISION, autocast, check_precision, describe, grad_scaler, resolve_device
+from bench.pretrain.batches import CropSampler, _seed_of, batch_stream
+from bench.pretrain.objective import PretextContext, Pretext, pretext_factory
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
@@ -70,6 +70,8 @@ class PretrainConfig:
     log_every: int = 10
     encoder_kwargs: dict = field(default_factory=dict)
     pretext_kwargs: dict = field(default_factory=dict)
+    precision: str = DEFAULT_PRECISION  # autocast dtype of the forward pass: fp32, bf16 or fp16
+    loader_workers: int = 0             # processes producing batches ahead of the step (0: in the loop)
 
     def validated(self) -> "PretrainConfig":
         if split_spec(self.encoder)[1]:
@@ -83,6 +85,9 @@ class PretrainConfig:
             raise ConfigError("batch_size, crop_seconds, save_every and log_every must be positive")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        check_precision(self.precision)
+        if self.loader_workers < 0:
+            raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
         bad = sorted(set(self.splits) - set(SPLITS))
         if bad or not self.splits:
             raise ConfigError(f"splits must be a non-empty subset of {', '.join(SPLITS)}, got {list(self.splits)}")
@@ -91,58 +96,14 @@ class PretrainConfig:
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues (the budget may grow)."""
         d = asdict(self)
-        for k in ("steps", "epochs", "save_every", "log_every"):
+        # Batches do not depend on the worker count; a default precision adds nothing, so runs
+        # checkpointed before the option existed still resume.
+        for k in ("steps", "epochs", "save_every", "log_every", "loader_workers"):
             d.pop(k)
+        if d["precision"] == DEFAULT_PRECISION:
+            d.pop("precision")
         d["splits"] = list(self.splits)
         return d
-
-
-def _seed_of(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
-class CropSampler:
-    """Batches of random crops; a pure function of (seed, step), so resuming needs no state."""
-
-    def __init__(self, manifest: Manifest, splits: tuple[str, ...], batch_size: int, crop_samples: int,
-                 seed: int, align: int = 1) -> None:
-        in_splits = manifest.table["split"].isin(splits).to_numpy()
-        if not in_splits.any():
-            raise ConfigError(f"{manifest.path}: no clips in split(s) {', '.join(splits)} to pretrain on.")
-        self.rows = np.flatnonzero(in_splits)
-        self.clip_ids = manifest.table["clip_id"].to_numpy()[self.rows]
-        self.paths = [manifest.resolve(p) for p in manifest.table["audio_path"].to_numpy()[self.rows]]
-        self.batch_size, self.crop_samples, self.seed, self.align = batch_size, crop_samples, seed, max(1, align)
-        self.steps_per_epoch = max(1, len(self.paths) // batch_size)  # the last partial batch is dropped
-        self._order_epoch, self._order = -1, None
-
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
-
-    def batch(self, step: int, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, CropInfo]:
-        """The crops of `step` (or the `part` of them that one distributed rank trains on)."""
-        epoch, position = divmod(step, self.steps_per_epoch)
-        if epoch != self._order_epoch:
-            self._order = np.random.default_rng(_seed_of(self.seed, "order", epoch)).permutation(len(self.paths))
-            self._order_epoch = epoch
-        picks = self._order[position * self.batch_size:(position + 1) * self.batch_size]
-        # Every crop's start is drawn whatever `part` is, so a rank's crops are those of the full batch.
-        rng = np.random.default_rng(_seed_of(self.seed, "crop", step))
-        draws = rng.random(len(picks))
-        picks, draws = picks[part], draws[part]
-        wav = torch.zeros(len(picks), self.crop_samples)
-        lengths = torch.zeros(len(picks), dtype=torch.long)
-        starts = torch.zeros(len(picks), dtype=torch.long)
-        for i, (k, u) in enumerate(zip(picks, draws)):
-            audio = load_audio(self.paths[k])
-            slots = max(0, len(audio) - self.crop_samples) // self.align + 1
-            start = int(u * slots) * self.align
-            piece = audio[start:start + self.crop_samples]
-            wav[i, :len(piece)] = torch.from_numpy(piece)
-            lengths[i], starts[i] = len(piece), start
-        info = CropInfo(rows=[int(self.rows[k]) for k in picks], clip_ids=[str(self.clip_ids[k]) for k in picks],
-                        starts=starts)
-        return wav, lengths, info
 
 
 @dataclass
@@ -152,6 +113,8 @@ class _Session:
     config: PretrainConfig
     out: Path
     dist: Distributed
+    device: torch.device
+    scaler: torch.amp.GradScaler
     manifest: Manifest
     encoder: torch.nn.Module
     context: PretextContext
@@ -173,14 +136,16 @@ class _Session:
 
 
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-             progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+             progress: bool = True, stop_after: int | None = None, device: str = "auto") -> dict[str, Any]:
     """Pretrain `config.encoder` with its objective; return the summary written to pretrain.json.
 
     `stop_after` ends the run after that many steps as if killed (tests and benchmarks use it).
-    Under torchrun the same call trains data-parallel (see `Distributed`).
+    `device`: auto, cpu, cuda or cuda:N (bench.device). Under torchrun the same call trains
+    data-parallel (see `Distributed`), each rank on its own GPU when there are GPUs.
     """
     config = config.validated()
-    dist = Distributed()
+    placed = resolve_device(device)
+    dist = Distributed(placed)
     part = dist.part(config.batch_size)
     out = Path(out)
     last = out / "checkpoint-last.pt"
@@ -189,7 +154,7 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
                           "it, --force to start over, or choose another --out.")
     if resume and not last.exists():
         raise ConfigError(f"--resume: no {last} to resume from; drop --resume to start a new run.")
-    session = _start(config, out, dist, progress)
+    session = _start(config, out, dist, placed, progress)
     if resume:
         _resume(session)
     elif force and dist.writer:
@@ -205,7 +170,7 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     return summary if dist.writer else {}
 
 
-def _start(config: PretrainConfig, out: Path, dist: Distributed, progress: bool) -> _Session:
+def _start(config: PretrainConfig, out: Path, dist: Distributed, device: torch.device, progress: bool) -> _Session:
     """Build the encoder, its objective, the crops and the optimizer, each from its own seed."""
     denormals_flushed = flush_denormals()
     manifest = resolve_task(config.data, progress=progress and dist.writer)
@@ -213,8 +178,9 @@ def _start(config: PretrainConfig, out: Path, dist: Distributed, progress: bool)
     encoder = create_encoder(config.encoder, **config.encoder_kwargs)
     noise = [manifest.resolve(p) for p in manifest.meta.get("noise_sources", [])]
     context = PretextContext(sample_rate=encoder.sample_rate, noise_sources=noise, manifest=manifest,
-                             generator=torch.Generator().manual_seed(_seed_of(config.seed, "context") % 2**63))
-    pretext = pretext_factory(config.encoder)(encoder, context, **config.pretext_kwargs)
+                             generator=torch.Generator().manual_seed(_seed_of(config.seed, "context") % 2**63),
+                             device=device)
+    pretext = pretext_factory(config.encoder)(encoder, context, **config.pretext_kwargs).to(device)
     sampler = CropSampler(manifest, tuple(config.splits), config.batch_size,
                           int(round(config.crop_seconds * 16_000)), config.seed, align=pretext.crop_align)
     total_steps = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
@@ -225,8 +191,8 @@ def _start(config: PretrainConfig, out: Path, dist: Distributed, progress: bool)
         # Ranks draw different dropout masks, negatives and contamination; resuming restores each.
         torch.manual_seed(_seed_of(config.seed, "rank", dist.rank) % 2**63)
         context.generator.manual_seed(_seed_of(config.seed, "context", dist.rank) % 2**63)
-    return _Session(config, out, dist, manifest, encoder, context, pretext, sampler, optimizer, total_steps, lr,
-                    identity, denormals_flushed)
+    return _Session(config, out, dist, device, grad_scaler(device, config.precision), manifest, encoder, context,
+                    pretext, sampler, optimizer, total_steps, lr, identity, denormals_flushed)
 
 
 def _resume(s: _Session) -> None:
@@ -248,6 +214,10 @@ def _resume(s: _Session) -> None:
     s.optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["rng"][s.dist.rank]["torch"])
     s.context.generator.set_state(saved["rng"][s.dist.rank]["context"])
+    if s.device.type == "cuda" and saved["rng"][s.dist.rank].get("cuda") is not None:
+        torch.cuda.set_rng_state(saved["rng"][s.dist.rank]["cuda"], s.device)  # dropout masks drawn on the GPU
+    if saved.get("scaler"):
+        s.scaler.load_state_dict(saved["scaler"])
     s.step, s.rows, s.snapshots, s.elapsed = saved["step"], saved["rows"], saved.get("snapshots", []), saved["seconds"]
     if s.step >= s.total_steps:
         log.info("%s is already at step %d of %d", s.out, s.step, s.total_steps)
@@ -268,18 +238,24 @@ def _train(s: _Session, part: slice, end: int, progress: bool) -> dict[str, Any]
                disable=not (progress and s.dist.writer))
     started = time.time()
     summary = None
-    while s.step < end:
-        wav, lengths, info = s.sampler.batch(s.step, part)
-        losses = model(wav, lengths, info=info)
-        loss = losses["loss"]
+    cuda = s.device.type == "cuda"
+    batches = batch_stream(s.sampler, part, s.step, end, workers=config.loader_workers,
+                           reader=s.pretext.crop_reader(), pin_memory=cuda)
+    for wav, lengths, info in batches:
+        wav, lengths = wav.to(s.device, non_blocking=cuda), lengths.to(s.device, non_blocking=cuda)
+        with autocast(s.device, config.precision):
+            losses = model(wav, lengths, info=info)
+        loss = losses["loss"].float()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {s.step + 1}; "
                                      "lower --lr or check the data")
         s.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        s.scaler.scale(loss).backward()
         if config.max_grad_norm:
+            s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the fp16 loss-scaled ones
             torch.nn.utils.clip_grad_norm_(s.pretext.parameters(), config.max_grad_norm)
-        s.optimizer.step()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
         s.step += 1
         for k, v in losses.items():
             window.setdefault(k, []).append(float(v.detach()))
@@ -302,7 +278,8 @@ def _train(s: _Session, part: slice, end: int, progress: bool) -> dict[str, Any]
 def _save(s: _Session) -> dict[str, Any]:
     """Write checkpoint-last.pt, encoder.pt, the curve and pretrain.json (rank 0); return the summary."""
     # Every rank takes part in the gather; only rank 0 writes.
-    rng = s.dist.gather({"torch": torch.get_rng_state(), "context": s.context.generator.get_state()})
+    rng = s.dist.gather({"torch": torch.get_rng_state(), "context": s.context.generator.get_state(),
+                         **({"cuda": torch.cuda.get_rng_state(s.device).cpu()} if s.device.type == "cuda" else {})})
     if not s.dist.writer:
         return {}
     config, manifest, pretext = s.config, s.manifest, s.pretext
@@ -321,12 +298,15 @@ def _save(s: _Session) -> dict[str, Any]:
         "pretext_params": count_parameters(pretext), "pretext": pretext.config(),
         "final_loss": s.rows[-1]["loss"] if s.rows else None, "snapshots": s.snapshots,
         "git_commit": git_commit(), "avbench_version": __version__, "torch_version": torch.__version__,
-        "flush_denormal": s.denormals_flushed,
+        "flush_denormal": s.denormals_flushed, **describe(s.device, config.precision),
     }
     atomic_torch_save(s.last, {"format": FORMAT, "identity": s.identity, "step": s.step, "rows": s.rows,
                                "snapshots": s.snapshots, "seconds": s.elapsed, "pretext": pretext.state_dict(),
-                               "optimizer": s.optimizer.state_dict(), "rng": rng})
-    atomic_torch_save(s.out / "encoder.pt", {"format": FORMAT, "encoder": s.encoder.state_dict(),
+                               "optimizer": s.optimizer.state_dict(), "rng": rng,
+                               **({"scaler": s.scaler.state_dict()} if s.scaler.is_enabled() else {})})
+    # Host copies: the encoder loads on any machine, GPU or not (a no-op for CPU tensors).
+    weights = {k: v.detach().cpu() for k, v in s.encoder.state_dict().items()}
+    atomic_torch_save(s.out / "encoder.pt", {"format": FORMAT, "encoder": weights,
                                              "encoder_name": config.encoder, "encoder_kwargs": config.encoder_kwargs,
                                              "step": s.step, "manifest_id": manifest.manifest_id})
     write_curve(s.out, s.rows, f"{config.encoder} pretraining on {summary['data_name']}")

@@ -19,7 +19,14 @@ Objectives that need more than the waveform (mouth frames, per-clip targets cach
 `info`, a `CropInfo` saying which manifest row each crop came from and where it starts, and
 `context.manifest`, the manifest itself. An objective whose data is on a coarser grid sets
 `crop_align` (in samples): the loop then starts every crop on a multiple of it, e.g. 640 samples
-(40 ms) so that a crop starts exactly on a 25 fps video frame.
+(40 ms) so that a crop starts exactly on a 25 fps video frame. An objective whose per-crop data is
+slow to read (decoded or rendered mouth frames) returns a `crop_reader`, which the loop runs in its
+data-loading workers (`--loader-workers`), so the step finds the data in `info.extras`.
+
+Objectives must be device-agnostic: the loop moves the pretext to `--device` and the batch with
+it, and runs forward under autocast for `--precision bf16|fp16`. Create tensors on the input's
+device (`device=wav.device`), and draw noise from `context.generator` (a CPU generator) and move
+it, so a CUDA run draws the same numbers as a CPU one.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class PretextContext:
     generator: torch.Generator = field(default_factory=torch.Generator)
     # The manifest the crops come from (None in unit tests that feed waveforms directly).
     manifest: Manifest | None = None
+    # Where the pretext trains; objectives that build caches of their own (targets) build them there.
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass
@@ -58,6 +67,8 @@ class CropInfo:
     rows: list[int]            # positions in `context.manifest.table` (iloc)
     clip_ids: list[str]
     starts: torch.Tensor       # [B] int64, the crop's first sample within its clip
+    # What the objective's crop_reader returned for these crops, when a loader worker called it.
+    extras: dict = field(default_factory=dict)
 
 
 class Pretext(nn.Module):
@@ -72,6 +83,13 @@ class Pretext(nn.Module):
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor,
                 info: CropInfo | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def crop_reader(self) -> Callable[[CropInfo, int], dict] | None:
+        """A function (info, crop_samples) -> dict that reads what this objective needs per crop
+        besides the audio, or None. The loop runs it in its loader workers and puts the result in
+        `info.extras`; forward must give the same numbers with or without it (it reads the data
+        itself when `extras` is empty), so it has to be a pure function of its arguments."""
+        return None
 
     def self_optimised_parameters(self) -> list[nn.Parameter]:
         """Parameters this objective updates itself inside forward, with its own optimiser (e.g.

@@ -57,13 +57,14 @@ def record_failure(records: str | Path, config: dict, error: str, trace: str | N
                                                           "label_fraction", "k_shot", "seed")}})
 
 
-def execute_run(config: dict, records: str | Path, *, force: bool = False, progress: bool = False) -> dict:
+def execute_run(config: dict, records: str | Path, *, force: bool = False, progress: bool = False,
+                device: str = "auto") -> dict:
     """Run one configuration in this process and return its outcome; a raising run is recorded."""
     from bench.evaluate.identity import RunConfig
     from bench.evaluate.run import run_experiment
 
     try:
-        record = run_experiment(RunConfig.from_dict(config), records, force=force, progress=progress)
+        record = run_experiment(RunConfig.from_dict(config), records, force=force, progress=progress, device=device)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one broken run must not cost the rest of the sweep
@@ -84,14 +85,14 @@ def import_plugins(plugins: Iterable[str]) -> None:
 class InlineExecutor:
     """One run after another in this process."""
 
-    def __init__(self, progress: bool = True) -> None:
-        self.progress = progress
+    def __init__(self, progress: bool = True, device: str = "auto") -> None:
+        self.progress, self.device = progress, device
 
     def execute(self, jobs: list[Job], records: Path, *, force: bool = False,
                 plugins: Iterable[str] = ()) -> Iterator[tuple[Job, dict]]:
         for job in jobs:
             log.info("%s", job["label"])
-            yield job, execute_run(job["config"], records, force=force, progress=self.progress)
+            yield job, execute_run(job["config"], records, force=force, progress=self.progress, device=self.device)
 
 
 def visible_gpus() -> list[str]:
@@ -136,7 +137,7 @@ def _worker_main(conn, env: dict[str, str], plugins: list[str], log_level: int, 
                 job = conn.recv()
             except EOFError:  # the sweep process is gone
                 return
-            conn.send(execute_run(job["config"], job["records"], force=job["force"]))
+            conn.send(execute_run(job["config"], job["records"], force=job["force"], device=job["device"]))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep reports it
         return
 
@@ -153,13 +154,24 @@ class LocalExecutor:
 
     Concurrency: `workers` if given; else `runs_per_device` per visible GPU, or `runs_per_device`
     on a CPU-only machine (the machine is the device); else one per core (one per GPU with GPUs).
+
+    Device: each worker sees one GPU (CUDA_VISIBLE_DEVICES), which `auto` and `cuda` then mean;
+    `cuda:N` keeps the sweep on visible GPU N; `cpu` pins no GPU and runs one worker per core.
     """
 
     def __init__(self, workers: int | None = None, runs_per_device: int | None = None,
-                 gpus: list[str] | None = None, cores: int | None = None) -> None:
+                 gpus: list[str] | None = None, cores: int | None = None, device: str = "auto") -> None:
         if (workers is not None and workers < 1) or (runs_per_device is not None and runs_per_device < 1):
             raise ValueError("--workers and --runs-per-device must be at least 1")
         self.gpus = visible_gpus() if gpus is None else gpus
+        self.device = "cuda" if device.startswith("cuda") else device
+        if device == "cpu":
+            self.gpus = []
+        elif device.startswith("cuda:"):
+            index = int(device.split(":")[1])
+            if index >= len(self.gpus):
+                raise ValueError(f"--device {device}: only {len(self.gpus)} GPU(s) are visible ({self.gpus})")
+            self.gpus = [self.gpus[index]]
         self.cores = cores or usable_cores()
         if workers is None:
             per_device = runs_per_device or (1 if self.gpus else self.cores)
@@ -214,7 +226,8 @@ class LocalExecutor:
                             slots[i] = slot = start(slot["id"])
                         slot["job"] = pending.pop(0)
                         log.info("%s (worker %d)", slot["job"]["label"], slot["id"])
-                        slot["conn"].send({**slot["job"], "records": str(records), "force": force})
+                        slot["conn"].send({**slot["job"], "records": str(records), "force": force,
+                                           "device": self.device})
                 busy = [s for s in slots if s["job"] is not None]
                 if not busy:
                     return
@@ -252,7 +265,8 @@ def _import_ray():
 _RAY_PLUGINS: set[str] = set()  # per Ray worker process: plugins already imported
 
 
-def _ray_run(config: dict, records: str, force: bool, plugins: list[str], cwd: str, threads: int) -> dict:
+def _ray_run(config: dict, records: str, force: bool, plugins: list[str], cwd: str, threads: int,
+             device: str = "auto") -> dict:
     """Body of one Ray task (Ray reuses worker processes, so everything here is idempotent)."""
     import torch
 
@@ -262,18 +276,19 @@ def _ray_run(config: dict, records: str, force: bool, plugins: list[str], cwd: s
     torch.set_flush_denormal(True)
     import_plugins([p for p in plugins if p not in _RAY_PLUGINS])
     _RAY_PLUGINS.update(plugins)
-    return execute_run(config, records, force=force)
+    return execute_run(config, records, force=force, device=device)
 
 
 class RayExecutor:
     """Each run a Ray task with `cpus_per_run` CPUs and `gpus_per_run` GPUs."""
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
-                 num_cpus: int | None = None) -> None:
+                 num_cpus: int | None = None, device: str = "auto") -> None:
         if cpus_per_run <= 0 or gpus_per_run < 0:
             raise ValueError("--cpus-per-run must be positive and --gpus-per-run not negative")
         _import_ray()  # fail before any planning if the extra is missing
-        self.address, self.num_cpus = address, num_cpus
+        # Ray gives a task the GPUs it asked for through CUDA_VISIBLE_DEVICES: cuda means those.
+        self.address, self.num_cpus, self.device = address, num_cpus, "cuda" if device.startswith("cuda") else device
         self.cpus_per_run, self.gpus_per_run = cpus_per_run, gpus_per_run
 
     def execute(self, jobs: list[Job], records: Path, *, force: bool = False,
@@ -298,7 +313,8 @@ class RayExecutor:
             refs = {}
             for job in jobs:
                 log.info("%s (submitted to Ray)", job["label"])
-                refs[task.remote(job["config"], str(records), force, list(plugins), os.getcwd(), threads)] = job
+                refs[task.remote(job["config"], str(records), force, list(plugins), os.getcwd(), threads,
+                                 self.device)] = job
             while refs:
                 (ref,), _ = ray.wait(list(refs), num_returns=1)
                 job = refs.pop(ref)
