@@ -13,9 +13,9 @@ import torch
 
 from bench import __version__
 from bench.data.datasets import subset_hash
+from bench.device import describe
 from bench.evaluate.identity import RunConfig
 from bench.evaluate.scoring import clip_order_hash, confusion_matrix, per_class_accuracy
-from bench.device import describe
 from bench.records import git_commit
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from bench.data.datasets import label_subset
 from bench.data.task_types import TaskView, build_task_view
 from bench.data.tasks import resolve_task
+from bench.device import resolve_device
 from bench.errors import ConfigError
 from bench.evaluate.downstream import BiGRUClassifier
 from bench.evaluate.features import RunFeatures
@@ -31,7 +32,6 @@ from bench.evaluate.record import build_record, cross_record, fold_metrics
 from bench.evaluate.scoring import classification_metrics, cross_evaluate, verify
 from bench.evaluate.training import EncoderClassifier, fit, predict, seed_everything, state_path
 from bench.records import append_record, completed, read_records
-from bench.device import resolve_device
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
 

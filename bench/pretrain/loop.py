@@ -37,13 +37,13 @@ from bench import __version__
 from bench.checkpoints import atomic_torch_save
 from bench.data.manifest import Manifest
 from bench.data.tasks import resolve_task
+from bench.device import DEFAULT_PRECISION, autocast, check_precision, describe, grad_scaler, resolve_device
 from bench.errors import ConfigError
 from bench.files import atomic_write_bytes
+from bench.pretrain.batches import CropSampler, _seed_of, batch_stream
 from bench.pretrain.curve import write_curve
 from bench.pretrain.distributed import Distributed
-from bench.device import DEFAULT_PRECISION, autocast, check_precision, describe, grad_scaler, resolve_device
-from bench.pretrain.batches import CropSampler, _seed_of, batch_stream
-from bench.pretrain.objective import PretextContext, Pretext, pretext_factory
+from bench.pretrain.objective import Pretext, PretextContext, pretext_factory
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
