@@ -77,7 +77,7 @@ class CropSampler:
         return wav, lengths, info
 
 
-class _StepBatches(torch.utils.data.Dataset):
+class StepBatches(torch.utils.data.Dataset):
     """Map-style dataset whose item `step` is that step's batch (with the objective's extras)."""
 
     def __init__(self, sampler: CropSampler, part: slice,
@@ -101,7 +101,7 @@ def batch_stream(sampler: CropSampler, part: slice, first: int, end: int, *, wor
             yield sampler.batch(step, part)
         return
     loader = torch.utils.data.DataLoader(
-        _StepBatches(sampler, part, reader), sampler=range(first, end), batch_size=None, num_workers=workers,
+        StepBatches(sampler, part, reader), sampler=range(first, end), batch_size=None, num_workers=workers,
         pin_memory=pin_memory, prefetch_factor=PREFETCH_BATCHES, collate_fn=_as_is,
         # Its own generator: the loader draws a base seed when it starts, which must not move the
         # global torch stream that the objectives draw from (the curve would then depend on workers).

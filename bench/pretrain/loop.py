@@ -12,7 +12,14 @@ The output folder holds:
                        ...}`): evaluate it as `NAME@OUT/encoder.pt`; rewritten at every save, so
                        it always matches checkpoint-last.pt;
   loss.csv, loss.png   the loss curve (mean of each logged quantity over `log_every` steps);
-  pretrain.json        the settings, the manifest id, the step reached and the wall time.
+  pretrain.json        the settings, the manifest id, the step reached, the wall time, and the
+                       device (its name) and precision the run used.
+
+Device and precision (bench.device): the pretext trains on `--device` (auto: the GPU when there is
+one), its forward under autocast for `--precision bf16|fp16` (fp16 with loss scaling); fp32 is the
+default. A non-default precision is part of what a resumed run must match. Batches come from
+bench.pretrain.batches, made in this process or by `--loader-workers` processes: the same bytes
+either way, so loss curves do not depend on the worker count (tested).
 
 Resuming (`--resume`) is exact: the clip order of epoch e is a permutation seeded by (seed, e) and
 the crop offsets of step s are seeded by (seed, s), so they need no saved state, and the torch
@@ -43,7 +50,7 @@ from bench.files import atomic_write_bytes
 from bench.pretrain.batches import CropSampler, _seed_of, batch_stream
 from bench.pretrain.curve import write_curve
 from bench.pretrain.distributed import Distributed
-from bench.pretrain.objective import Pretext, PretextContext, pretext_factory
+from bench.pretrain.objective import CropInfo, Pretext, PretextContext, pretext_factory
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
@@ -107,7 +114,7 @@ class PretrainConfig:
 
 
 @dataclass
-class _Session:
+class Session:
     """One pretraining run in progress: what it trains, and how far it has come."""
 
     config: PretrainConfig
@@ -154,7 +161,7 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
                           "it, --force to start over, or choose another --out.")
     if resume and not last.exists():
         raise ConfigError(f"--resume: no {last} to resume from; drop --resume to start a new run.")
-    session = _start(config, out, dist, placed, progress)
+    session = start_session(config, out, dist, placed, progress)
     if resume:
         _resume(session)
     elif force and dist.writer:
@@ -170,7 +177,7 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     return summary if dist.writer else {}
 
 
-def _start(config: PretrainConfig, out: Path, dist: Distributed, device: torch.device, progress: bool) -> _Session:
+def start_session(config: PretrainConfig, out: Path, dist: Distributed, device: torch.device, progress: bool) -> Session:
     """Build the encoder, its objective, the crops and the optimizer, each from its own seed."""
     denormals_flushed = flush_denormals()
     manifest = resolve_task(config.data, progress=progress and dist.writer)
@@ -191,11 +198,11 @@ def _start(config: PretrainConfig, out: Path, dist: Distributed, device: torch.d
         # Ranks draw different dropout masks, negatives and contamination; resuming restores each.
         torch.manual_seed(_seed_of(config.seed, "rank", dist.rank) % 2**63)
         context.generator.manual_seed(_seed_of(config.seed, "context", dist.rank) % 2**63)
-    return _Session(config, out, dist, device, grad_scaler(device, config.precision), manifest, encoder, context,
+    return Session(config, out, dist, device, grad_scaler(device, config.precision), manifest, encoder, context,
                     pretext, sampler, optimizer, total_steps, lr, identity, denormals_flushed)
 
 
-def _resume(s: _Session) -> None:
+def _resume(s: Session) -> None:
     """Continue from checkpoint-last.pt: weights, optimizer, every rank's random streams, the curve."""
     saved = torch.load(s.last, map_location="cpu", weights_only=False)
     if saved.get("format") != FORMAT:
@@ -225,7 +232,7 @@ def _resume(s: _Session) -> None:
         log.info("resuming %s at step %d of %d", s.config.encoder, s.step, s.total_steps)
 
 
-def _train(s: _Session, part: slice, end: int, progress: bool) -> dict[str, Any] | None:
+def _train(s: Session, part: slice, end: int, progress: bool) -> dict[str, Any] | None:
     """Optimizer steps up to `end`, logging every log_every and saving every save_every steps;
     return the summary of the last save (None when there was no step to take)."""
     from tqdm import tqdm
@@ -242,21 +249,7 @@ def _train(s: _Session, part: slice, end: int, progress: bool) -> dict[str, Any]
     batches = batch_stream(s.sampler, part, s.step, end, workers=config.loader_workers,
                            reader=s.pretext.crop_reader(), pin_memory=cuda)
     for wav, lengths, info in batches:
-        wav, lengths = wav.to(s.device, non_blocking=cuda), lengths.to(s.device, non_blocking=cuda)
-        with autocast(s.device, config.precision):
-            losses = model(wav, lengths, info=info)
-        loss = losses["loss"].float()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {s.step + 1}; "
-                                     "lower --lr or check the data")
-        s.optimizer.zero_grad(set_to_none=True)
-        s.scaler.scale(loss).backward()
-        if config.max_grad_norm:
-            s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the fp16 loss-scaled ones
-            torch.nn.utils.clip_grad_norm_(s.pretext.parameters(), config.max_grad_norm)
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-        s.step += 1
+        losses = train_step(s, model, wav, lengths, info)
         for k, v in losses.items():
             window.setdefault(k, []).append(float(v.detach()))
         bar.update(1)
@@ -275,7 +268,29 @@ def _train(s: _Session, part: slice, end: int, progress: bool) -> dict[str, Any]
     return summary
 
 
-def _save(s: _Session) -> dict[str, Any]:
+def train_step(s: Session, model: torch.nn.Module, wav: torch.Tensor, lengths: torch.Tensor,
+               info: CropInfo) -> dict[str, torch.Tensor]:
+    """One optimizer step on one batch (moved to the session's device); returns the logged losses."""
+    config, cuda = s.config, s.device.type == "cuda"
+    wav, lengths = wav.to(s.device, non_blocking=cuda), lengths.to(s.device, non_blocking=cuda)
+    with autocast(s.device, config.precision):
+        losses = model(wav, lengths, info=info)
+    loss = losses["loss"].float()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {s.step + 1}; "
+                                 "lower --lr or check the data")
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    if config.max_grad_norm:
+        s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the fp16 loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(s.pretext.parameters(), config.max_grad_norm)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.step += 1
+    return losses
+
+
+def _save(s: Session) -> dict[str, Any]:
     """Write checkpoint-last.pt, encoder.pt, the curve and pretrain.json (rank 0); return the summary."""
     # Every rank takes part in the gather; only rank 0 writes.
     rng = s.dist.gather({"torch": torch.get_rng_state(), "context": s.context.generator.get_state(),
