@@ -193,3 +193,13 @@ def test_a_run_record_names_device_and_precision_and_bf16_is_another_run(tiny_co
     assert (fp32["device"], fp32["precision"]) == ("cpu", "fp32") and fp32["device_name"]
     assert bf16["precision"] == "bf16" and bf16["config_hash"] != fp32["config_hash"]
     assert [json.loads(line)["precision"] for line in records.read_text().splitlines()] == ["fp32", "bf16"]
+
+
+def test_building_a_feature_cache_leaves_the_global_torch_stream_alone(tiny_corpus, tmp_path):
+    """A pretext built after its target cache must start from the same weights on a miss and a hit."""
+    draws = []
+    for _ in range(2):  # the first call builds the entry, the second finds it
+        torch.manual_seed(0)
+        FeatureCache(tmp_path).get_or_build(create_encoder("logmel"), tiny_corpus.manifest, progress=False)
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1])

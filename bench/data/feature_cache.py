@@ -266,7 +266,12 @@ class FeatureCache:
 
         loader = DataLoader(_ClipAudio(paths, sr, max_samples), batch_sampler=batches,
                             num_workers=num_workers, collate_fn=_as_list,
-                            prefetch_factor=4 if num_workers else None)
+                            prefetch_factor=4 if num_workers else None,
+                            # Its own generator: a loader draws a seed when it starts, and a build
+                            # must not move the global torch stream, or whatever is initialised
+                            # after it (a pretext's generator) would differ between a cache miss
+                            # and a hit.
+                            generator=torch.Generator().manual_seed(0))
         writer = ShardWriter(folder, SHARD_BYTES)
         pending: dict[int, np.ndarray] = {}
         written = 0
