@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -72,7 +73,23 @@ def _cmd_prepare_lrw(args: argparse.Namespace) -> int:
     path = prepare_lrw(args.path, out_dir=args.out, on_bad_audio=args.on_bad_audio,
                        head_pose=args.head_pose, max_pose_deg=args.max_pose,
                        mouth_crop=args.mouth_crop, progress=not args.quiet)
-    print(summarize(read_manifest(path)))
+    manifest = read_manifest(path)
+    print(summarize(manifest))
+    if args.mouth_shards:
+        from bench.data.mouth_shards import write_mouth_shards
+
+        written = write_mouth_shards(manifest, size=args.shard_size, workers=args.shard_workers,
+                                     progress=not args.quiet)
+        print(f"mouth shards: {written.clips} clips, {written.bytes} bytes ({written.bytes / 2**30:.2f} GiB) "
+              f"in {written.seconds:.1f} s, {written.folder}")
+    else:
+        from bench.data.mouth_shards import MouthShards
+        from bench.errors import ConfigError
+
+        try:  # shards of an earlier run with other options would stop the visual pretext: say so now
+            MouthShards.open(manifest)
+        except ConfigError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
     return 0
 
 
@@ -143,6 +160,13 @@ def _add_prepare_commands(sub: argparse._SubParsersAction) -> None:
     lrw.add_argument("--max-pose", type=float, default=10.0, help="max |yaw|,|pitch|,|roll| in degrees")
     lrw.add_argument("--mouth-crop", type=str, default=None,
                      help="fixed mouth crop x,y,w,h in pixels of the 256x256 frames")
+    lrw.add_argument("--mouth-shards", action="store_true",
+                     help="also decode every clip's mouth crop once into memory-mapped uint8 shards beside the "
+                          "manifest (OUT/mouth-shards), so the visual pretext never decodes an mp4")
+    lrw.add_argument("--shard-workers", type=int, default=None,
+                     help="processes decoding the shards (default: all cores)")
+    lrw.add_argument("--shard-size", type=int, default=64,
+                     help="mouth frame size in the shards, pixels (default 64, the visual pretext's)")
     _add_bad_audio(lrw)
     lrw.set_defaults(func=_cmd_prepare_lrw)
     for corpus, help_text, path_help in (

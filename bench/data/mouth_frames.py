@@ -9,7 +9,7 @@ real frames and that still. `MouthFrameSource` reads both from either kind of au
                    what `EmbeddedCorpus.frames` gives; the identity frame is the speaker's rest
                    pose (`EmbeddedCorpus.identity_frame`), the still the corpus was drawn from.
   LRW-style video  (a `video_path` column; meta `mouth_crop` = [x, y, w, h]): frames are decoded
-                   with PyAV (`bench.data.video.read_video_frames`), cropped to the mouth box, taken as
+                   with PyAV (`bench.data.mouth_shards.decode_mouth_crop`), cropped to the mouth box, taken as
                    luminance and resized to size x size (area averaging when shrinking, bilinear
                    when enlarging; a non-square box is stretched). LRW publishes no speaker
                    identities and no neutral still, so the identity frame is the first frame of the
@@ -18,7 +18,10 @@ real frames and that still. `MouthFrameSource` reads both from either kind of au
                    `mouth_crop` uses the whole frame.
 
 Decoded or rendered clips are kept in a small LRU cache (uint8, size x size per frame), so the
-crops of a clip seen again soon are not decoded twice.
+crops of a clip seen again soon are not decoded twice. An LRW-style manifest whose clips were
+decoded once into mouth shards (`avbench prepare lrw PATH --mouth-shards`, bench.data.mouth_shards)
+of the size asked for is read from them instead: memory-mapped views, no mp4 is opened. Shards
+made from another manifest or crop are an error, not silently used or ignored.
 
 Alignment (16 kHz audio, 25 fps video): audio sample s lies in video frame s // 640. Crops start on
 a frame boundary (the pretext sets crop_align = 640), and an encoder with a 640-sample hop emits
@@ -32,21 +35,30 @@ clip's video are zero padding that the loss masks (`frames` returns how many are
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from bench.data.manifest import Manifest
+from bench.data.mouth_shards import MouthShards, decode_mouth_crop
 from bench.errors import ConfigError
 
 SAMPLE_RATE = 16_000
 VIDEO_FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640: one 25 fps video frame of 16 kHz audio
+log = logging.getLogger("avbench.mouth_frames")
 
-__all__ = ["SAMPLES_PER_FRAME", "MouthFrameSource", "video_frame_of_sample", "first_video_frames",
-           "evenly_spaced_rows", "manifest_has_video"]
+__all__ = [
+    "SAMPLES_PER_FRAME",
+    "MouthFrameSource",
+    "evenly_spaced_rows",
+    "first_video_frames",
+    "manifest_has_video",
+    "video_frame_of_sample",
+]
 
 
 def video_frame_of_sample(sample: int | torch.Tensor) -> int | torch.Tensor:
@@ -86,19 +98,6 @@ def evenly_spaced_rows(manifest: Manifest, split: str, max_clips: int) -> list[i
     return [int(p) for p in positions[picks]]
 
 
-def _resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [T, H, W] -> uint8 [T, size, size]: area averaging to shrink, bilinear to enlarge."""
-    if frames.shape[1:] == (size, size):
-        return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(torch.float32).unsqueeze(1)
-    shrink = frames.shape[1] >= size and frames.shape[2] >= size
-    if shrink:
-        y = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
-    else:
-        y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
 class MouthFrameSource:
     """Real mouth frames and identity stills of a manifest's clips, as float32 in [0, 1].
 
@@ -114,6 +113,9 @@ class MouthFrameSource:
         self._clips: OrderedDict[int, np.ndarray] = OrderedDict()
         self._identities: OrderedDict[object, np.ndarray] = OrderedDict()
         self._mean_frames: dict[tuple[str, int], np.ndarray] = {}
+        self._shards = None
+        # Clips decoded from mp4 or rendered from a track: stays 0 while mouth shards serve every read.
+        self.decoded_clips = 0
         table = manifest.table
         meta = manifest.meta or {}
         self._corpus = None
@@ -135,11 +137,21 @@ class MouthFrameSource:
             self.kind = "video"
             crop = meta.get("mouth_crop")
             self.crop = None if crop is None else tuple(int(v) for v in crop)
+            self._shards = self._open_shards(manifest)
         else:
             raise ConfigError(f"{manifest.path}: the visual pretext needs video, and this manifest has none (no "
                               "`video_path` column, and it is not an embedded corpus with `mouth_track`). Pretrain "
                               "it on an audiovisual corpus: LRW (`avbench prepare lrw`) or the embedded corpus "
                               "(`avbench corpus build`); audio-only corpora such as Speech Commands cannot drive it.")
+
+    def _open_shards(self, manifest: Manifest):
+        shards = MouthShards.open(manifest)  # raises when they were made from another manifest or crop
+        if shards is not None and shards.size != self.size:
+            log.warning("%s holds %dpx mouth frames and %dpx are asked for: decoding the mp4s instead (rerun "
+                        "`avbench prepare lrw PATH --mouth-shards --shard-size %d` to shard that size)",
+                        shards.folder, shards.size, self.size, self.size)
+            return None
+        return shards
 
     # ------------------------------------------------------------------ whole clips (uint8, cached)
 
@@ -170,13 +182,13 @@ class MouthFrameSource:
         return self._cached(self._clips, int(row), lambda: self._load_clip(int(row)))
 
     def _load_clip(self, row: int) -> np.ndarray:
+        if self._shards is not None:
+            return self._shards.frames(row)  # a read-only view of the memory map: nothing decoded or copied
+        self.decoded_clips += 1
         if self.kind == "embedded":
             frames = self._corpus.frames(self.manifest.table["clip_id"].iloc[row], size=self.size)
         else:
-            from bench.data.video import read_video_frames
-
-            path = self.manifest.resolve(self._cell(row, "video_path"))
-            frames = _resize(read_video_frames(path, crop=self.crop, gray=True), self.size)
+            frames = decode_mouth_crop(self.manifest.resolve(self._cell(row, "video_path")), self.crop, self.size)
         frames = np.ascontiguousarray(frames, dtype=np.uint8)
         frames.setflags(write=False)
         return frames
@@ -197,7 +209,7 @@ class MouthFrameSource:
         real = clip[first_frame:first_frame + n_frames]
         out = np.zeros((n_frames, self.size, self.size), dtype=np.float32)
         out[:len(real)] = real.astype(np.float32) / 255.0
-        return out, int(len(real))
+        return out, len(real)
 
     def identity(self, row: int) -> np.ndarray:
         """The still frame the generator starts from, float32 [size, size] in [0, 1]."""
@@ -215,6 +227,8 @@ class MouthFrameSource:
         first_frames = [int(f) for f in torch.as_tensor(first_frames).reshape(-1).tolist()]
         if len(first_frames) != len(rows):
             raise ValueError(f"batch(): {len(rows)} rows but {len(first_frames)} first frames")
+        if self._shards is not None:
+            return self._batch_of_uint8(rows, first_frames, n_frames)
         frames, counts, stills = [], [], []
         for row, first in zip(rows, first_frames):
             f, n = self.frames(int(row), first, n_frames)
@@ -224,6 +238,24 @@ class MouthFrameSource:
         return (torch.from_numpy(np.stack(frames)) if frames else torch.zeros(0, n_frames, self.size, self.size),
                 torch.tensor(counts, dtype=torch.long),
                 torch.from_numpy(np.stack(stills)) if stills else torch.zeros(0, self.size, self.size))
+
+    def _batch_of_uint8(self, rows: Sequence[int], first_frames: list[int],
+                        n_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """batch() for frames read from shards: gathered as uint8 and converted to float once, the same
+        values as frames()/identity() give; per-clip float arrays would cost more than the read itself."""
+        if n_frames < 0 or any(f < 0 for f in first_frames):
+            raise ValueError(f"batch(): first frames and n_frames must be >= 0, got {first_frames}, {n_frames}")
+        frames = np.zeros((len(rows), n_frames, self.size, self.size), dtype=np.uint8)
+        stills = np.empty((len(rows), self.size, self.size), dtype=np.uint8)
+        counts = []
+        for i, (row, first) in enumerate(zip(rows, first_frames)):
+            clip = self.clip_frames(int(row))
+            real = clip[first:first + n_frames]
+            frames[i, :len(real)] = real
+            stills[i] = clip[0]
+            counts.append(len(real))
+        return (torch.from_numpy(frames).to(torch.float32).div_(255.0), torch.tensor(counts, dtype=torch.long),
+                torch.from_numpy(stills).to(torch.float32).div_(255.0))
 
     def mean_frame(self, split: str = "train", max_clips: int = 64) -> np.ndarray:
         """The mean over all frames of up to `max_clips` clips of `split` (evenly spaced, deterministic).
@@ -252,9 +284,11 @@ class MouthFrameSource:
         d = {"kind": self.kind, "size": self.size, "fps": VIDEO_FPS, "samples_per_frame": SAMPLES_PER_FRAME}
         if self.kind == "video":
             d["mouth_crop"] = list(self.crop) if self.crop else None
+            d["source"] = f"mouth shards ({self._shards.folder})" if self._shards is not None else "mp4 (decoded)"
             d["identity"] = "first frame of the clip"
         else:
             d["identity"] = "speaker rest frame"
+            d["source"] = "rendered from the mouth track"
         return d
 
 
