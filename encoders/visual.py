@@ -101,6 +101,9 @@ class VisualPretext(Pretext):
         self.d_lr = float(d_lr)
         self.snapshot_clips, self.mean_frame_clips = int(snapshot_clips), int(mean_frame_clips)
         self.mouths = MouthFrameSource(context.manifest, size=self.size, cache_clips=frame_cache_clips)
+        # Rendered once into shards here, as the attribute objective caches its targets: a step
+        # then reads frames at thousands of clips/s per core instead of rendering ~180.
+        self.mouths.ensure_shards(progress=False)
         self.generator = SpeechDrivenGenerator(encoder.dim, self.size, channels, self.id_dim, self.audio_dim,
                                                self.noise_dim)
         self.adversary = Adversary(self.size, channels, self.d_lr) if self.adversarial else None

@@ -278,3 +278,32 @@ def test_an_undecodable_clip_names_the_file_and_the_fix(lrw: Path, tmp_path: Pat
     assert str(bad) in str(err.value) and "--mouth-shards" in str(err.value)
     assert not (manifest.root / SHARD_FOLDER).exists()
     assert [p.name for p in manifest.root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_embedded_corpus_is_rendered_once_into_shards_with_the_same_bytes(tmp_path: Path) -> None:
+    """The visual pretext renders an embedded corpus's frames once; batches read from the shards
+    equal the rendered ones (frames, counts and the speakers' rest-pose stills), nothing rendered."""
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig
+
+    corpus = build_corpus(CorpusConfig.from_size("small", speakers=8, words=2, renditions=1), out_root=tmp_path,
+                          progress=False)
+    manifest = corpus.manifest
+    rendered = MouthFrameSource(manifest)
+    assert not rendered.sharded
+    rows, firsts = [0, 5, 11, 3], [0, 4, 10, 24]
+    expected = rendered.batch(rows, firsts, 25)
+    assert rendered.decoded_clips == len(rows)
+
+    shards = MouthFrameSource(manifest)
+    shards.ensure_shards(progress=False)
+    assert shards.sharded and (manifest.root / SHARD_FOLDER / "index.json").is_file()
+    got = shards.batch(rows, firsts, 25)
+    for a, b in zip(expected, got):
+        assert torch.equal(a, b)
+    assert shards.decoded_clips == 0
+    for row in range(len(manifest.table)):
+        assert np.array_equal(MouthShards.open(manifest).frames(row),
+                              corpus.frames(manifest.table["clip_id"].iloc[row]))
+    again = MouthFrameSource(manifest)  # a later process finds them
+    assert again.sharded and "mouth shards" in again.describe()["source"]

@@ -133,6 +133,7 @@ class MouthFrameSource:
 
             self._corpus = EmbeddedCorpus(path=manifest.root, manifest=manifest,
                                           speakers=pd.read_csv(speakers, dtype={"speaker": str}))
+            self._shards = self._open_shards(manifest)
         elif "video_path" in table.columns:
             self.kind = "video"
             crop = meta.get("mouth_crop")
@@ -147,11 +148,41 @@ class MouthFrameSource:
     def _open_shards(self, manifest: Manifest):
         shards = MouthShards.open(manifest)  # raises when they were made from another manifest or crop
         if shards is not None and shards.size != self.size:
-            log.warning("%s holds %dpx mouth frames and %dpx are asked for: decoding the mp4s instead (rerun "
-                        "`avbench prepare lrw PATH --mouth-shards --shard-size %d` to shard that size)",
-                        shards.folder, shards.size, self.size, self.size)
+            log.warning("%s holds %dpx mouth frames and %dpx are asked for: %s them instead (%s)",
+                        shards.folder, shards.size, self.size, "rendering" if self.kind == "embedded" else "decoding",
+                        f"delete {shards.folder} to shard {self.size}px" if self.kind == "embedded" else
+                        f"rerun `avbench prepare lrw PATH --mouth-shards --shard-size {self.size}` to shard that size")
             return None
         return shards
+
+    def __getstate__(self) -> dict:
+        # Sent to loader worker processes: the clip caches (views of memory maps, or rendered
+        # frames) would be pickled as copies; each process fills its own.
+        state = dict(self.__dict__)
+        state["_clips"], state["_identities"] = OrderedDict(), OrderedDict()
+        return state
+
+    @property
+    def sharded(self) -> bool:
+        return self._shards is not None
+
+    def ensure_shards(self, workers: int | None = None, progress: bool = True) -> None:
+        """Render an embedded corpus's frames once into mouth shards, unless they are there already.
+
+        Rendering (several ms per clip and core) cannot keep up with a GPU step; reading shards can.
+        LRW is not sharded here: decoding 500k mp4s takes hours, so it is a step the user asks for
+        (`avbench prepare lrw PATH --mouth-shards`).
+        """
+        if self.kind != "embedded" or self._shards is not None:
+            return
+        from bench.data.mouth_shards import write_mouth_shards
+
+        if workers is None and len(self.manifest.table) < 2000:
+            workers = 1  # a pool's start-up costs more than rendering a small corpus (~6 ms a clip)
+        written = write_mouth_shards(self.manifest, size=self.size, workers=workers, progress=progress)
+        log.info("rendered %d clips' mouth frames once into %s (%.1f s)", written.clips, written.folder,
+                 written.seconds)
+        self._shards = self._open_shards(self.manifest)
 
     # ------------------------------------------------------------------ whole clips (uint8, cached)
 
@@ -211,15 +242,15 @@ class MouthFrameSource:
         out[:len(real)] = real.astype(np.float32) / 255.0
         return out, len(real)
 
-    def identity(self, row: int) -> np.ndarray:
-        """The still frame the generator starts from, float32 [size, size] in [0, 1]."""
+    def _identity_uint8(self, row: int) -> np.ndarray:
         if self.kind == "embedded":
             speaker = str(self.manifest.table["speaker"].iloc[int(row)])
-            still = self._cached(self._identities, speaker,
-                                 lambda: self._corpus.identity_frame(speaker, size=self.size))
-        else:  # no neutral still exists for LRW: the clip's own first frame
-            still = self.clip_frames(row)[0]
-        return still.astype(np.float32) / 255.0
+            return self._cached(self._identities, speaker, lambda: self._corpus.identity_frame(speaker, size=self.size))
+        return self.clip_frames(row)[0]  # no neutral still exists for LRW: the clip's own first frame
+
+    def identity(self, row: int) -> np.ndarray:
+        """The still frame the generator starts from, float32 [size, size] in [0, 1]."""
+        return self._identity_uint8(row).astype(np.float32) / 255.0
 
     def batch(self, rows: Sequence[int], first_frames: Sequence[int] | torch.Tensor,
               n_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -252,7 +283,7 @@ class MouthFrameSource:
             clip = self.clip_frames(int(row))
             real = clip[first:first + n_frames]
             frames[i, :len(real)] = real
-            stills[i] = clip[0]
+            stills[i] = clip[0] if self.kind == "video" else self._identity_uint8(int(row))
             counts.append(len(real))
         return (torch.from_numpy(frames).to(torch.float32).div_(255.0), torch.tensor(counts, dtype=torch.long),
                 torch.from_numpy(stills).to(torch.float32).div_(255.0))
@@ -288,7 +319,8 @@ class MouthFrameSource:
             d["identity"] = "first frame of the clip"
         else:
             d["identity"] = "speaker rest frame"
-            d["source"] = "rendered from the mouth track"
+            d["source"] = (f"mouth shards ({self._shards.folder})" if self._shards is not None
+                           else "rendered from the mouth track")
         return d
 
 

@@ -1,10 +1,12 @@
-"""LRW mouth crops decoded once into memory-mapped uint8 shards, with the clips' audio alongside.
+"""Mouth frames decoded (LRW) or rendered (the embedded corpus) once into memory-mapped uint8
+shards, with the clips' audio alongside.
 
-Decoding, cropping and resizing an mp4 costs tens of milliseconds per clip and core, far slower
-than a GPU step consumes clips (benchmarks/mouth_frames_benchmark.py). `write_mouth_shards`
-therefore decodes every clip of a video manifest once with `decode_mouth_crop`, the function
-`MouthFrameSource` decodes mp4s with (so the bytes are the same either way), into raw files beside
-the manifest::
+Decoding, cropping and resizing an mp4 costs tens of milliseconds per clip and core, and rendering
+an embedded clip's frames several, far slower than a GPU step consumes clips
+(benchmarks/mouth_frames_benchmark.py). `write_mouth_shards` therefore decodes every clip of a
+video manifest once with `decode_mouth_crop`, the function `MouthFrameSource` decodes mp4s with,
+or renders every clip of an embedded corpus once with `EmbeddedCorpus.frames`, the function it
+renders with (so the bytes are the same either way), into raw files beside the manifest::
 
     <manifest folder>/mouth-shards/
         index.json           format, size, frames per clip, mouth_crop, manifest_id, and per clip
@@ -73,16 +75,38 @@ def decode_mouth_crop(path: str | Path, crop: Sequence[int] | None, size: int) -
 
 
 def _rerun_hint(manifest: Manifest) -> str:
+    if _is_embedded(manifest):
+        return (f"Delete {manifest.root / SHARD_FOLDER}: the visual pretext renders the frames again and writes "
+                "new shards on its next start.")
     return (f"Rerun `avbench prepare lrw PATH --mouth-shards` (with the options that wrote {manifest.path}) to "
             f"rewrite them, or delete {manifest.root / SHARD_FOLDER} to decode the mp4s instead.")
 
 
+def _is_embedded(manifest: Manifest) -> bool:
+    """An embedded-corpus manifest: frames are rendered from articulation tracks (as MouthFrameSource tells)."""
+    return "mouth_track" in manifest.table.columns and ((manifest.meta or {}).get("kind") == "embedded"
+                                                        or (manifest.root / "speakers.csv").is_file())
+
+
 class _ClipJob(NamedTuple):
-    video: str
+    video: str                    # the mp4 to decode, or the embedded corpus folder to render from
     wav: str
     n_samples: int
     crop: tuple[int, int, int, int] | None
     size: int
+    clip_id: str = ""
+    render: bool = False          # an embedded clip: render its frames instead of decoding an mp4
+
+
+_CORPORA: dict[str, object] = {}  # per worker process: the embedded corpus it renders from, opened once
+
+
+def _render_clip(job: _ClipJob) -> np.ndarray:
+    from bench.data.corpus.embedded import EmbeddedCorpus
+
+    if job.video not in _CORPORA:
+        _CORPORA[job.video] = EmbeddedCorpus.open(Path(job.video))
+    return np.ascontiguousarray(_CORPORA[job.video].frames(job.clip_id, size=job.size), dtype=np.uint8)
 
 
 class WrittenShards(NamedTuple):
@@ -97,7 +121,7 @@ def _decode_clip(job: _ClipJob) -> tuple[np.ndarray, np.ndarray]:
     from bench.data.video import VideoError
 
     try:
-        frames = decode_mouth_crop(job.video, job.crop, job.size)
+        frames = _render_clip(job) if job.render else decode_mouth_crop(job.video, job.crop, job.size)
     except VideoError as exc:
         raise VideoError(f"{exc} No mouth shards were written; once the clip is fixed or removed, rerun "
                          "`avbench prepare lrw PATH --mouth-shards`.") from None
@@ -135,6 +159,9 @@ def _decoded(jobs: Sequence[_ClipJob], workers: int) -> Iterator[tuple[np.ndarra
 
 def _jobs(manifest: Manifest, size: int) -> tuple[list[_ClipJob], list | None]:
     table = manifest.table
+    if _is_embedded(manifest):
+        return [_ClipJob(str(manifest.root), str(manifest.resolve(wav)), int(n), None, int(size), str(clip_id), True)
+                for clip_id, wav, n in zip(table["clip_id"], table["audio_path"], table["num_samples"])], None
     if "video_path" not in table.columns:
         raise ConfigError(f"{manifest.path}: no `video_path` column, so there are no mouth crops to shard. Mouth "
                           "shards are for LRW-style manifests (`avbench prepare lrw PATH --mouth-shards`).")
@@ -229,7 +256,10 @@ def write_mouth_shards(manifest: Manifest | str | Path, size: int = 64, workers:
     if size < 8 or clips_per_shard < 1:
         raise ConfigError(f"mouth shards: size must be >= 8 and clips_per_shard >= 1, got {size}, {clips_per_shard}")
     jobs, crop = _jobs(manifest, size)
-    frames_per_clip = int((manifest.meta.get("video") or {}).get("frames") or LRW_FRAMES)
+    if _is_embedded(manifest):  # one frame per 640 samples (bench.data.corpus.mouth renders at 25 fps)
+        frames_per_clip = int(-(-int(manifest.table["num_samples"].max()) // 640))
+    else:
+        frames_per_clip = int((manifest.meta.get("video") or {}).get("frames") or LRW_FRAMES)
     workers = max(1, min(int(workers or os.cpu_count() or 1), len(jobs)))
     _remove_abandoned(manifest.root)
     tmp = Path(tempfile.mkdtemp(dir=manifest.root, prefix=f".{SHARD_FOLDER}.{os.getpid()}."))

@@ -103,6 +103,10 @@ def batch_stream(sampler: CropSampler, part: slice, first: int, end: int, *, wor
     loader = torch.utils.data.DataLoader(
         StepBatches(sampler, part, reader), sampler=range(first, end), batch_size=None, num_workers=workers,
         pin_memory=pin_memory, prefetch_factor=PREFETCH_BATCHES, collate_fn=_as_is,
+        # Not fork: forked workers share the training process's pages copy-on-write, and its steps
+        # ran 47% slower while they were alive (measured, benchmarks/pipeline_benchmark.py); a
+        # forkserver child shares nothing and is also safe beside torch's threads.
+        multiprocessing_context="forkserver",
         # Its own generator: the loader draws a base seed when it starts, which must not move the
         # global torch stream that the objectives draw from (the curve would then depend on workers).
         generator=torch.Generator().manual_seed(0))
