@@ -8,8 +8,10 @@ Prints figures (this is not a timed test), all on one process with one torch thr
       core), and written to mouth shards with one worker (`write_mouth_shards`, clips/s per core).
   (b) reads as the visual pretext does them (MouthFrameSource.batch: 32 random clips, a random
       1 s crop = 25 frames each, float32), from the mp4s and from the shards (page cache warm).
-  (c) the embedded corpus (`--size small`, built under $AVBENCH_DATA if missing): rendering a
-      clip's frames (`EmbeddedCorpus.frames`) and the same through MouthFrameSource.batch.
+  (c) the embedded corpus (`--size small`, built in a temporary folder): rendering a clip's
+      frames (`EmbeddedCorpus.frames`), the same through MouthFrameSource.batch, rendering it once
+      into mouth shards (`ensure_shards`, what the visual pretext does on its first start), and
+      MouthFrameSource.batch reading those shards.
   (d) what a GPU consumes: the FLOPs of one av-joint pretraining step (forward + backward of the
       pretext on 1 s crops, counted with torch.utils.flop_counter.FlopCounterMode on the CPU) per
       clip, divided into an ASSUMED achieved GPU rate (--gpu-tflops). Every rate above is printed
@@ -155,7 +157,9 @@ def main() -> None:
         shard_batches = batch_rate(shard_source, rows, last_first, args.batches, 32)
         assert shard_source.decoded_clips == 0
 
-        corpus = build_corpus(CorpusConfig.from_size("small"), workers=1, progress=False)
+        # Built here, not under $AVBENCH_DATA: a user's corpus may hold shards already, and the
+        # rendered rate needs one without.
+        corpus = build_corpus(CorpusConfig.from_size("small"), out_root=tmp / "corpora", workers=1, progress=False)
         clip_ids = corpus.manifest.table["clip_id"].tolist()[:args.clips]
         corpus.frames(clip_ids[-1])  # warm-up (imports, the clip table), not timed
         render = len(clip_ids) / timed(lambda: [corpus.frames(c) for c in clip_ids])
@@ -164,6 +168,13 @@ def main() -> None:
         e_rows = np.arange(len(corpus.manifest.table))
         # Its clips are about 1 s (25 frames): every crop starts at frame 0.
         embedded_batches = batch_rate(embedded, e_rows, np.zeros(len(e_rows), dtype=int), 4, 32)
+        started = time.perf_counter()
+        embedded.ensure_shards(workers=1, progress=False)
+        embedded_write = len(e_rows) / (time.perf_counter() - started)
+        embedded_shards = MouthFrameSource(corpus.manifest, cache_clips=1)
+        embedded_shard_batches = batch_rate(embedded_shards, e_rows, np.zeros(len(e_rows), dtype=int),
+                                            args.batches, 32)
+        assert embedded_shards.decoded_clips == 0
 
         flops = flops_per_clip(manifest, MouthShards.open(manifest), tmp / "targets")
     gpu_rate = args.gpu_tflops * 1e12 / flops
@@ -178,6 +189,8 @@ def main() -> None:
     report("(b) MouthFrameSource.batch from the shards (32 x 25 frames)", shard_batches, gpu_rate)
     report("(c) embedded corpus: EmbeddedCorpus.frames (render)", render, gpu_rate)
     report("(c) embedded corpus: MouthFrameSource.batch (32 x 25 frames)", embedded_batches, gpu_rate)
+    report("(c) embedded corpus: ensure_shards, 1 worker (render + write)", embedded_write, gpu_rate)
+    report("(c) embedded corpus: MouthFrameSource.batch from its shards", embedded_shard_batches, gpu_rate)
     print(f"shards: {written.bytes / n / 1024:.0f} KiB per clip ({written.bytes} bytes for {n} clips); "
           f"cores here: {os.cpu_count()}, measured on one")
 

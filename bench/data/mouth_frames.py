@@ -245,7 +245,9 @@ class MouthFrameSource:
     def _identity_uint8(self, row: int) -> np.ndarray:
         if self.kind == "embedded":
             speaker = str(self.manifest.table["speaker"].iloc[int(row)])
-            return self._cached(self._identities, speaker, lambda: self._corpus.identity_frame(speaker, size=self.size))
+            if speaker not in self._identities:  # one small still per speaker: kept, never evicted
+                self._identities[speaker] = self._corpus.identity_frame(speaker, size=self.size)
+            return self._identities[speaker]
         return self.clip_frames(row)[0]  # no neutral still exists for LRW: the clip's own first frame
 
     def identity(self, row: int) -> np.ndarray:
