@@ -203,3 +203,12 @@ def test_building_a_feature_cache_leaves_the_global_torch_stream_alone(tiny_corp
         FeatureCache(tmp_path).get_or_build(create_encoder("logmel"), tiny_corpus.manifest, progress=False)
         draws.append(torch.rand(3))
     assert torch.equal(draws[0], draws[1])
+
+
+def test_loader_workers_default_to_none_on_the_cpu_and_the_cores_on_a_gpu(monkeypatch):
+    from bench.pretrain.loop import auto_loader_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert auto_loader_workers(torch.device("cpu")) == 0
+    assert auto_loader_workers(torch.device("cuda", 0)) == 8
+    assert auto_loader_workers(torch.device("cuda", 0), processes=4) == 3

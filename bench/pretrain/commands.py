@@ -33,9 +33,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="output folder (default $AVBENCH_DATA/pretrained/NAME-DATA-BUDGET-seedS)")
     add_device_option(pre)
     add_precision_option(pre)
-    pre.add_argument("--loader-workers", dest="loader_workers", type=int, default=0,
-                     help="processes producing batches ahead of the step (default 0: in the training process); "
-                          "the batches are the same with any number")
+    pre.add_argument("--loader-workers", dest="loader_workers", type=int, default=None,
+                     help="processes making batches ahead of the step (default: none on the CPU, whose cores "
+                          "train; on a GPU the cores but one, at most 8); the batches are the same with any number")
     pre.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
     pre.add_argument("--force", action="store_true", help="start over even if OUT holds a checkpoint")
     pre.set_defaults(func=_cmd_pretrain)

@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class PretrainConfig:
     encoder_kwargs: dict = field(default_factory=dict)
     pretext_kwargs: dict = field(default_factory=dict)
     precision: str = DEFAULT_PRECISION  # autocast dtype of the forward pass: fp32, bf16 or fp16
-    loader_workers: int = 0             # processes producing batches ahead of the step (0: in the loop)
+    loader_workers: int | None = 0      # processes making batches ahead of the step (0: in the loop; None: auto)
 
     def validated(self) -> "PretrainConfig":
         if split_spec(self.encoder)[1]:
@@ -93,7 +94,7 @@ class PretrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         check_precision(self.precision)
-        if self.loader_workers < 0:
+        if self.loader_workers is not None and self.loader_workers < 0:
             raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
         bad = sorted(set(self.splits) - set(SPLITS))
         if bad or not self.splits:
@@ -153,6 +154,8 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
     config = config.validated()
     placed = resolve_device(device)
     dist = Distributed(placed)
+    if config.loader_workers is None:
+        config = replace(config, loader_workers=auto_loader_workers(placed, dist.world))
     part = dist.part(config.batch_size)
     out = Path(out)
     last = out / "checkpoint-last.pt"
@@ -175,6 +178,14 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, f
         summary = json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").exists() \
             else _save(session)
     return summary if dist.writer else {}
+
+
+def auto_loader_workers(device: torch.device, processes: int = 1) -> int:
+    """None's meaning: on the CPU none (the cores train); on a GPU the cores of this process's
+    share but one, at most 8, so that the accelerator never waits for a batch."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, processes) - 1))
 
 
 def start_session(config: PretrainConfig, out: Path, dist: Distributed, device: torch.device, progress: bool) -> Session:
