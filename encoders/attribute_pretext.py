@@ -94,7 +94,8 @@ class AttributePretext(Pretext):
         if context.manifest is not None:
             # Built here, not at the first step: the loop makes the pretext once the manifest is resolved.
             self.cache, self.stats = cached_targets(self.target_fn, context.manifest, cache_root,
-                                                    progress=progress, device=cache_device or context.device)
+                                                    progress=progress and context.progress,
+                                                    device=cache_device or context.device)
             self.register_buffer("target_mean", torch.tensor(self.stats["mean"], dtype=torch.float32),
                                  persistent=False)
             self.register_buffer("target_std", torch.tensor(self.stats["std"], dtype=torch.float32),

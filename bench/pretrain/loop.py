@@ -197,7 +197,7 @@ def start_session(config: PretrainConfig, out: Path, dist: Distributed, device: 
     noise = [manifest.resolve(p) for p in manifest.meta.get("noise_sources", [])]
     context = PretextContext(sample_rate=encoder.sample_rate, noise_sources=noise, manifest=manifest,
                              generator=torch.Generator().manual_seed(_seed_of(config.seed, "context") % 2**63),
-                             device=device)
+                             device=device, progress=progress and dist.writer)
     pretext = pretext_factory(config.encoder)(encoder, context, **config.pretext_kwargs).to(device)
     sampler = CropSampler(manifest, tuple(config.splits), config.batch_size,
                           int(round(config.crop_seconds * 16_000)), config.seed, align=pretext.crop_align)

@@ -58,6 +58,8 @@ class PretextContext:
     manifest: Manifest | None = None
     # Where the pretext trains; objectives that build caches of their own (targets) build them there.
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Whether the run shows progress bars: objectives that build caches show theirs only then.
+    progress: bool = True
 
 
 @dataclass
