@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_prepare_lrw import CLIP_SECONDS, N_CLIPS, make_lrw_tree, write_clip
+from test_prepare_lrw import CLIP_SECONDS, N_CLIPS, make_lrw_tree, mux_audio, write_clip
 from test_visual import _pretext
 
 import bench.data.video
@@ -46,13 +46,7 @@ def write_distinct_video(path: Path, seed: int) -> None:
             container.mux(packet)
         n = round(CLIP_SECONDS * 16_000)
         tone = (0.3 * np.sin(2 * np.pi * (300 + 20 * seed) * np.arange(n) / 16_000)).astype(np.float32)
-        for start in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16_000, start
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        mux_audio(container, audio, tone)
 
 
 @pytest.fixture(scope="module")

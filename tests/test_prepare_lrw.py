@@ -28,6 +28,17 @@ WORDS = ("ABOUT", "BECAUSE")
 CLIPS = {"train": ("00001", "00002"), "val": ("00001",), "test": ("00001",)}
 
 
+def mux_audio(container, stream, signal: np.ndarray, sample_rate: int = 16_000) -> None:
+    """Encode a mono float32 signal into an audio stream, in AAC's 1024-sample frames, and flush it."""
+    for start in range(0, len(signal), 1024):
+        frame = av.AudioFrame.from_ndarray(signal[None, start:start + 1024], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
 def write_clip(path: Path, *, frames: int = 29, video: bool = True, audio: bool = True,
                sample_rate: int = 16_000, freq: float = 440.0, amplitude: float = 0.3) -> None:
     """A real LRW-like mp4: 256x256 mpeg4 video at 25 fps and a mono AAC tone of 1.16 s."""
@@ -52,14 +63,7 @@ def write_clip(path: Path, *, frames: int = 29, video: bool = True, audio: bool 
             n = int(round(CLIP_SECONDS * sample_rate))
             t = np.arange(n) / sample_rate
             signal = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-            for start in range(0, n, 1024):
-                chunk = signal[start:start + 1024]
-                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sample_rate, start
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
+            mux_audio(container, astream, signal, sample_rate)
 
 
 def make_lrw_tree(parent: Path) -> Path:

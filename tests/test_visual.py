@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from test_prepare_lrw import mux_audio
 
 import encoders.logmel_l1  # noqa: F401  (registers logmel-l1 and its pretext)
 from bench.data.manifest import read_manifest, write_manifest
@@ -151,13 +152,7 @@ def _write_mp4(path: Path, seconds: float = 1.16, frames: int = 29) -> None:
             container.mux(packet)
         n = int(round(seconds * 16_000))
         tone = (0.3 * np.sin(2 * np.pi * 300 * np.arange(n) / 16_000)).astype(np.float32)
-        for start in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16_000, start
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        mux_audio(container, audio, tone)
 
 
 def test_mouth_frames_of_an_lrw_manifest(tmp_path):
