@@ -212,3 +212,12 @@ def test_loader_workers_default_to_none_on_the_cpu_and_the_cores_on_a_gpu(monkey
     assert auto_loader_workers(torch.device("cpu")) == 0
     assert auto_loader_workers(torch.device("cuda", 0)) == 8
     assert auto_loader_workers(torch.device("cuda", 0), processes=4) == 3
+
+
+def test_the_saved_encoder_state_keeps_its_type_and_module_metadata():
+    """encoder.pt holds state_dict() as it is (an OrderedDict with `_metadata`), moved to the host."""
+    from bench.pretrain.loop import host_state_dict
+
+    encoder = create_encoder("av-audio", **SMALL_RESNET)
+    state = host_state_dict(encoder)
+    assert type(state) is type(encoder.state_dict()) and state._metadata == encoder.state_dict()._metadata

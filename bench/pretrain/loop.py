@@ -301,6 +301,21 @@ def train_step(s: Session, model: torch.nn.Module, wav: torch.Tensor, lengths: t
     return losses
 
 
+def host_state_dict(module: torch.nn.Module) -> dict:
+    """The module's state_dict with every tensor on the host, so the file loads on any machine.
+
+    The same OrderedDict, with its `_metadata` (module versions that loading may consult), as
+    state_dict() gives: on the CPU the very same object, so encoder.pt is what it always was.
+    """
+    state = module.state_dict()
+    if all(t.device.type == "cpu" for t in state.values() if isinstance(t, torch.Tensor)):
+        return state
+    host = type(state)((k, v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items())
+    if hasattr(state, "_metadata"):
+        host._metadata = state._metadata
+    return host
+
+
 def _save(s: Session) -> dict[str, Any]:
     """Write checkpoint-last.pt, encoder.pt, the curve and pretrain.json (rank 0); return the summary."""
     # Every rank takes part in the gather; only rank 0 writes.
@@ -330,8 +345,7 @@ def _save(s: Session) -> dict[str, Any]:
                                "snapshots": s.snapshots, "seconds": s.elapsed, "pretext": pretext.state_dict(),
                                "optimizer": s.optimizer.state_dict(), "rng": rng,
                                **({"scaler": s.scaler.state_dict()} if s.scaler.is_enabled() else {})})
-    # Host copies: the encoder loads on any machine, GPU or not (a no-op for CPU tensors).
-    weights = {k: v.detach().cpu() for k, v in s.encoder.state_dict().items()}
+    weights = host_state_dict(s.encoder)
     atomic_torch_save(s.out / "encoder.pt", {"format": FORMAT, "encoder": weights,
                                              "encoder_name": config.encoder, "encoder_kwargs": config.encoder_kwargs,
                                              "step": s.step, "manifest_id": manifest.manifest_id})
