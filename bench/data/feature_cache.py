@@ -75,10 +75,14 @@ def weights_digest(module: "torch.nn.Module") -> str:
     key, a fine-tuned one under the same file name does not. A module without parameters or
     buffers hashes to the digest of nothing, a constant.
     """
+    return state_digest(module.state_dict())
+
+
+def state_digest(state: dict) -> str:
+    """weights_digest of a state_dict itself (e.g. one loaded from a checkpoint file)."""
     import torch
 
     h = hashlib.sha256()
-    state = module.state_dict()
     for name in sorted(state):
         t = state[name]
         if not isinstance(t, torch.Tensor):

@@ -337,7 +337,8 @@ def _save(s: Session) -> dict[str, Any]:
         "epochs_done": round(s.step / s.sampler.steps_per_epoch, 3), "seconds": round(s.elapsed, 1),
         "processes": s.dist.world, "encoder_params": count_parameters(s.encoder),
         "pretext_params": count_parameters(pretext), "pretext": pretext.config(),
-        "final_loss": s.rows[-1]["loss"] if s.rows else None, "snapshots": s.snapshots,
+        "final_loss": s.rows[-1]["loss"] if s.rows else None, "final_row": s.rows[-1] if s.rows else None,
+        "snapshots": s.snapshots,
         "git_commit": git_commit(), "avbench_version": __version__, "torch_version": torch.__version__,
         "flush_denormal": s.denormals_flushed, **describe(s.device, config.precision),
     }

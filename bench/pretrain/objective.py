@@ -42,7 +42,8 @@ from bench.data.manifest import Manifest
 from bench.errors import ConfigError
 from bench.registry import Encoder, _load_all
 
-__all__ = ["CropInfo", "Pretext", "hidden_parameter_names", "PretextContext", "register_pretext", "pretext_factory", "list_pretexts"]
+__all__ = ["CropInfo", "Pretext", "hidden_parameter_names", "PretextContext", "register_pretext", "pretext_factory",
+           "pretext_version", "list_pretexts"]
 
 
 @dataclass
@@ -124,17 +125,31 @@ def hidden_parameter_names(module: nn.Module) -> list[str]:
 _PRETEXTS: dict[str, Callable[..., Pretext]] = {}
 
 
-def register_pretext(encoder_name: str) -> Callable:
-    """Decorator: register the pretext factory `(encoder, context, **kw) -> Pretext` of an encoder."""
+_VERSIONS: dict[str, int] = {}
+
+
+def register_pretext(encoder_name: str, version: int = 1) -> Callable:
+    """Decorator: register the pretext factory `(encoder, context, **kw) -> Pretext` of an encoder.
+
+    `version` is the code version of the objective and its encoder: bump it when their maths
+    changes, so that checkpoints made by the old code are not taken for new ones (it is part of a
+    pretraining's identity, bench.pretrain.stage).
+    """
 
     def wrap(factory: Callable[..., Pretext]) -> Callable[..., Pretext]:
         existing = _PRETEXTS.get(encoder_name)
         if existing is not None and existing is not factory:
             raise ConfigError(f"pretext for {encoder_name!r} is registered twice ({existing} and {factory})")
         _PRETEXTS[encoder_name] = factory
+        _VERSIONS[encoder_name] = int(version)
         return factory
 
     return wrap
+
+
+def pretext_version(encoder_name: str) -> int:
+    pretext_factory(encoder_name)  # the same error for an unknown name
+    return _VERSIONS[encoder_name]
 
 
 def list_pretexts() -> list[str]:
