@@ -1,4 +1,4 @@
-"""File primitives every stage shares: content hashes and atomic writes.
+"""File primitives every stage shares: content hashes, atomic writes and exclusive locks.
 
 Manifests, checkpoints, pretraining curves, sweep sidecars and result tables are all written
 through `atomic_write_bytes`, so a reader never sees half a file, and content (not paths or
@@ -7,9 +7,13 @@ times) identifies manifests and checkpoints through `file_sha256`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -19,6 +23,33 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, log: logging.Logger, waiting: str, *args: object) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created, with its folder) for the block; when another
+    holder makes this one wait, say so first with `log.info(waiting, *args)`.
+
+    flock (not fcntl/lockf record locks) because it belongs to the open file description: it is
+    released when the holder exits however it exits, including SIGKILL, and two descriptors in one
+    process exclude each other like two processes do. Lock files are left in place: deleting one
+    while another process waits on it would let a third lock a new file of the same name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(waiting, *args)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

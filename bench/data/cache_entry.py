@@ -16,8 +16,9 @@ removes (`remove_stale_partials`). An entry whose files do not match its meta.js
 copy, a full disk) is refused with an error that names the folder and says to delete it.
 
 Builders of one key exclude each other with an exclusive `fcntl.flock` on `<root>/<key>.lock`
-(`KeyLock`). Lock files are left in place: deleting one while another process waits on it would
-let a third process lock a new file of the same name and build the key twice.
+(`key_lock`, bench.files.exclusive_lock). Lock files are left in place: deleting one while another
+process waits on it would let a third process lock a new file of the same name and build the key
+twice.
 
 Reading: `os.preadv` into a fresh buffer, not `np.memmap`. Pages of a memory-mapped file that
 have been touched stay mapped into the process and count in its RSS until the kernel reclaims
@@ -47,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bench.files import exclusive_lock
 
 log = logging.getLogger("avbench.cache")
 
@@ -312,28 +315,9 @@ def write_index_and_meta(folder: Path, key: str, inputs: dict, manifest_path: Pa
     return meta
 
 
-class KeyLock:
-    """Exclusive flock on `<root>/<key>.lock` for as long as the key is being built.
-
-    flock (not fcntl/lockf record locks) because it belongs to the open file description: it is
-    released when the builder exits however it exits, including SIGKILL, and two descriptors in
-    one process exclude each other like two processes do.
-    """
-
-    def __init__(self, path: Path, key: str):
-        self.path, self.key, self.fd = path, key, -1
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process building feature cache %s (lock %s)", self.key, self.path)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+def key_lock(path: Path, key: str):
+    """Exclusive flock on `<root>/<key>.lock` for as long as the key is being built."""
+    return exclusive_lock(path, log, "waiting for another process building feature cache %s (lock %s)", key, path)
 
 
 def remove_stale_partials(root: Path, own_key: str) -> None:

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from bench.data.cache_entry import (CACHE_FORMAT_VERSION, CacheError, CachedFeatures, CacheStats, FeatureError, KeyLock,
-                                    ShardWriter, fsync_dir, remove_stale_partials, write_index_and_meta)
+from bench.data.cache_entry import (CACHE_FORMAT_VERSION, CacheError, CachedFeatures, CacheStats, FeatureError,
+                                    ShardWriter, fsync_dir, key_lock, remove_stale_partials, write_index_and_meta)
 from bench.data.cache_reuse import copy_from, find_donor
 from bench.errors import ConfigError
 from bench.paths import data_dir
@@ -230,8 +230,8 @@ class FeatureCache:
             return CachedFeatures.open(final, CacheStats(forward_clips=forward, hit=False,
                                                          build_seconds=seconds, derived_from=derived))
 
-    def _locked(self, key: str) -> KeyLock:
-        return KeyLock(self.root / f"{key}.lock", key)
+    def _locked(self, key: str):
+        return key_lock(self.root / f"{key}.lock", key)
 
     def _build(self, encoder: "Encoder", manifest: "Manifest", inputs: dict, key: str, folder: Path,
                *, batch_size: int, device: str, progress: bool, num_workers: int | None,

@@ -8,8 +8,6 @@ the same run take turns on its lock (`exclusive_run`) instead of training it twi
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -20,7 +18,7 @@ from typing import Any
 from bench.device import DEFAULT_PRECISION, check_precision
 from bench.errors import ConfigError
 from bench.evaluate.downstream import POOLINGS
-from bench.files import file_sha256
+from bench.files import exclusive_lock, file_sha256
 from bench.paths import data_dir, expand_path
 from bench.registry import split_spec
 
@@ -145,18 +143,7 @@ def run_dir(chash: str) -> Path:
     return data_dir() / "runs" / chash
 
 
-@contextlib.contextmanager
 def exclusive_run(chash: str):
     """Hold an exclusive flock on the run's lock file (data dir runs/<hash>.lock) while it runs."""
-    path = run_dir(chash).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("run %s is running in another process; waiting for it", chash)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(run_dir(chash).with_suffix(".lock"), log,
+                          "run %s is running in another process; waiting for it", chash)

@@ -24,8 +24,6 @@ the same when only what is saved around them (the step, the format) changes.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,7 +34,7 @@ from typing import Any
 
 from bench import __version__
 from bench.data.tasks import resolve_task
-from bench.files import file_sha256
+from bench.files import exclusive_lock, file_sha256
 from bench.paths import data_dir
 from bench.pretrain.loop import PretrainConfig, pretrain
 from bench.pretrain.objective import pretext_version
@@ -89,20 +87,9 @@ def pretrained_dir(identity: str) -> Path:
     return data_dir() / "pretrained" / identity
 
 
-@contextlib.contextmanager
 def _exclusive(identity: str):
-    lock = pretrained_dir(identity).with_suffix(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("pretraining %s is being built by another process; waiting for it", identity)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(pretrained_dir(identity).with_suffix(".lock"), log,
+                          "pretraining %s is being built by another process; waiting for it", identity)
 
 
 def _complete(folder: Path, total_steps: int) -> dict | None:
