@@ -33,6 +33,11 @@ def _seed_of(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
+def steps_per_epoch(clips: int, batch_size: int) -> int:
+    """Full batches in one pass over the clips: the last partial batch is dropped."""
+    return max(1, clips // batch_size)
+
+
 class CropSampler:
     """Batches of random crops; a pure function of (seed, step), so resuming needs no state."""
 
@@ -45,7 +50,7 @@ class CropSampler:
         self.clip_ids = manifest.table["clip_id"].to_numpy()[self.rows]
         self.paths = [manifest.resolve(p) for p in manifest.table["audio_path"].to_numpy()[self.rows]]
         self.batch_size, self.crop_samples, self.seed, self.align = batch_size, crop_samples, seed, max(1, align)
-        self.steps_per_epoch = max(1, len(self.paths) // batch_size)  # the last partial batch is dropped
+        self.steps_per_epoch = steps_per_epoch(len(self.paths), batch_size)
         self._order_epoch, self._order = -1, None
 
     def epoch_of(self, step: int) -> int:

@@ -101,6 +101,10 @@ class PretrainConfig:
             raise ConfigError(f"splits must be a non-empty subset of {', '.join(SPLITS)}, got {list(self.splits)}")
         return self
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The budget in optimizer steps: --steps, or --epochs passes turned into steps."""
+        return self.steps if self.steps is not None else max(1, math.ceil(self.epochs * steps_per_epoch))
+
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues (the budget may grow)."""
         d = asdict(self)
@@ -201,7 +205,7 @@ def start_session(config: PretrainConfig, out: Path, dist: Distributed, device: 
     pretext = pretext_factory(config.encoder)(encoder, context, **config.pretext_kwargs).to(device)
     sampler = CropSampler(manifest, tuple(config.splits), config.batch_size,
                           int(round(config.crop_seconds * 16_000)), config.seed, align=pretext.crop_align)
-    total_steps = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
+    total_steps = config.total_steps(sampler.steps_per_epoch)
     lr = config.lr if config.lr is not None else pretext.default_lr
     optimizer = torch.optim.Adam(pretext.parameters(), lr=lr)
     identity = {**config.identity(), "manifest_id": manifest.manifest_id, "lr": lr}

@@ -36,6 +36,7 @@ from bench import __version__
 from bench.data.tasks import resolve_task
 from bench.files import exclusive_lock, file_sha256
 from bench.paths import data_dir
+from bench.pretrain.batches import steps_per_epoch
 from bench.pretrain.loop import PretrainConfig, pretrain
 from bench.pretrain.objective import pretext_version
 from bench.records import append_record, git_commit
@@ -74,13 +75,9 @@ def pretraining_identity(config: PretrainConfig, manifest_id: str, total_steps: 
 
 
 def total_steps_of(config: PretrainConfig, manifest) -> int:
-    """The budget in optimizer steps, as the loop turns --epochs into steps."""
-    import math
-
-    if config.steps is not None:
-        return int(config.steps)
+    """The budget in optimizer steps, as the loop counts it (from the clips of the splits it reads)."""
     clips = int(manifest.table["split"].isin(config.splits).sum())
-    return max(1, math.ceil(config.epochs * max(1, clips // config.batch_size)))
+    return config.total_steps(steps_per_epoch(clips, config.batch_size))
 
 
 def pretrained_dir(identity: str) -> Path:
