@@ -118,13 +118,16 @@ class WrittenShards(NamedTuple):
 
 def _decode_clip(job: _ClipJob) -> tuple[np.ndarray, np.ndarray]:
     """One clip's mouth frames uint8 [T, size, size] (as MouthFrameSource decodes them) and int16 audio."""
-    from bench.data.video import VideoError
+    if job.render:  # an embedded clip: rendered, no video involved (nor PyAV imported)
+        frames = _render_clip(job)
+    else:
+        from bench.data.video import VideoError
 
-    try:
-        frames = _render_clip(job) if job.render else decode_mouth_crop(job.video, job.crop, job.size)
-    except VideoError as exc:
-        raise VideoError(f"{exc} No mouth shards were written; once the clip is fixed or removed, rerun "
-                         "`avbench prepare lrw PATH --mouth-shards`.") from None
+        try:
+            frames = decode_mouth_crop(job.video, job.crop, job.size)
+        except VideoError as exc:
+            raise VideoError(f"{exc} No mouth shards were written; once the clip is fixed or removed, rerun "
+                             "`avbench prepare lrw PATH --mouth-shards`.") from None
     try:
         audio, _ = sf.read(job.wav, dtype="int16", always_2d=False)
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
