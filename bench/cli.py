@@ -31,7 +31,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.records is not None:
         sweep.records = args.records
     if args.dry_run:
-        print(dry_run_report(sweep))
+        print(dry_run_report(sweep, device=args.device))
         return 0
     if args.executor == "ray":
         executor = RayExecutor(args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
@@ -42,7 +42,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if sweep.tables is not None:
         for path in write_tables(sweep.records, sweep.tables):
             print(f"wrote {path}")
-    print(f"sweep {sweep.name}: {summary['ran']} run(s) done, {summary['skipped']} already recorded, "
+    built = f"{summary['pretrained']} pretraining checkpoint(s) built, " if summary.get("pretrained") else ""
+    print(f"sweep {sweep.name}: {built}{summary['ran']} run(s) done, {summary['skipped']} already recorded, "
           f"{len(summary['failed'])} failed")
     for line in summary["failed"]:
         print(f"  FAILED {line}", file=sys.stderr)

@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.errors import ConfigError
+
 log = logging.getLogger("avbench.records")
 
 DEFAULT_RECORDS = Path("results") / "runs.jsonl"
@@ -24,6 +26,13 @@ def sidecar_path(records: str | Path) -> Path:
     """`results/runs.jsonl` -> `results/runs.sweeps.json`: what bench.sweep.run knows of the sweeps behind them."""
     records = Path(records)
     return records.with_name(records.stem + ".sweeps.json")
+
+
+def pretraining_records_path(records: str | Path) -> Path:
+    """`results/runs.jsonl` -> `results/runs.pretraining.jsonl`: the records of the pretraining stage
+    (bench.pretrain.stage) whose checkpoints the runs beside them evaluated."""
+    records = Path(records)
+    return records.with_name(records.stem + ".pretraining.jsonl")
 
 
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
@@ -63,6 +72,30 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 log.warning("%s:%d: malformed record (cut short by a crash?) ignored", path, number)
     if bad:
         log.warning("%s: %d malformed line(s) ignored; their runs will be re-run", path, bad)
+    return records
+
+
+def read_pretraining_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every pretraining record of `path`, in file order; none if there is no such file. A line that is
+    not a pretraining record is an error naming the file and line: the tables would misstate a budget."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{number}: malformed pretraining record ({exc}); fix or remove that "
+                                  "line (cut short by a crash?), then run `avbench tables` again.") from exc
+            if not (isinstance(record, dict) and record.get("kind") == "pretraining"
+                    and isinstance(record.get("identity"), str) and record.get("status") in ("ok", "failed")):
+                raise ConfigError(f"{path}:{number}: not a pretraining record (needs kind 'pretraining', an "
+                                  "identity and status 'ok' or 'failed'); fix or remove that line.")
+            records.append(record)
     return records
 
 

@@ -66,13 +66,12 @@ k_shots: [1, 5]
 seeds: 3
 budget: "steps:60"
 train: {TRAIN}
-pretraining: {{apc: {{data: embedded:default, steps: 1000}}}}
 """)
     sweep = load_sweep(config)
     points = len(PAPER_LABEL_FRACTIONS) + 2
     assert len(sweep.runs) == len(PAPER_ENCODERS) * points * 3
     assert {r.seed for r in sweep.runs} == {0, 1, 2} and {r.budget_steps for r in sweep.runs} == {60}
-    assert sweep.budget == {"unit": "steps", "value": 60} and sweep.pretraining["apc"]["steps"] == 1000
+    assert sweep.budget == {"unit": "steps", "value": 60} and sweep.pretraining == {}
     # With no modes named, each encoder gets its own default: resnet18-scratch trains from scratch.
     assert {r.mode for r in sweep.runs if r.encoder == "resnet18-scratch"} == {"scratch"}
     assert {r.mode for r in sweep.runs if r.encoder != "resnet18-scratch"} == {"frozen"}
@@ -100,7 +99,8 @@ pretraining: {{apc: {{data: embedded:default, steps: 1000}}}}
     ("tasks: [x]\nencoders: [mfcc39]\nbudget: steps\n", r"budget must be 'epochs' or 'steps:N'"),
     ("tasks: [x]\nencoders: [mfcc39]\nk_shots: [0]\n", r"'k_shots' must list positive integers"),
     ("tasks: [x]\nencoders: [mfcc39]\nlabel_fractions: most\n", r"'label_fractions' must be a non-empty list or"),
-    ("tasks: [x]\nencoders: [mfcc39]\npretraining: {apc: {steps: 1}}\n", r"'pretraining' describes \['apc'\]"),
+    ("tasks: [x]\nencoders: [mfcc39]\npretraining: {apc-x: {encoder: apc, data: x, steps: 1}}\n",
+     r"\['apc-x'\] not used by any encoder"),
     ("tasks: [x]\nencoders: [mfcc39]\ntask_types: [word]\n", r"task_types \['word'\] unknown"),
     ("train_task: x\nencoders: [mfcc39]\n", r"gives 'train_task' \(or 'tasks'\) with 'eval_tasks'"),
     ("tasks: [x]\nencoders: [mfcc39]\nbudget: 'steps:3'\ntrain: {epochs: 5}\n", r"budget_steps \(3\) must be at least"),
@@ -203,7 +203,6 @@ encoders: [slow-frames-test]
 seeds: [0, 1]
 train: {TRAIN}
 records: {records}
-pretraining: {{slow-frames-test: none}}
 """)
     try:
         assert main(["-q", "--plugin", str(plugin), "sweep", str(config), "--workers", "2"]) == 0
@@ -225,7 +224,7 @@ pretraining: {{slow-frames-test: none}}
     # The sidecar names the sweep's runs by the hashes the runner gave them.
     entry = json.loads(sidecar_path(records).read_text())["shared-cache"]
     assert entry["config_hashes"] == sorted(r["config_hash"] for r in runs)
-    assert entry["pretraining"] == {"slow-frames-test": "none"} and entry["budget"] == {"unit": "epochs", "value": 2}
+    assert entry["pretraining"] == {} and entry["budget"] == {"unit": "epochs", "value": 2}
 
 
 def _plugin_sweep(tiny_corpus, tmp_path: Path, name: str, body: str, encoders: list[str]) -> tuple[int, Path]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,19 @@ from bench.data.datasets import subset_hash
 from bench.device import describe
 from bench.evaluate.identity import RunConfig
 from bench.evaluate.scoring import clip_order_hash, confusion_matrix, per_class_accuracy
+from bench.paths import pretrained_root
 from bench.records import git_commit
+
+
+def pretraining_identity(checkpoint: str | None) -> str | None:
+    """The pretraining stage's identity of a checkpoint it built ($AVBENCH_DATA/pretrained/ID/encoder.pt),
+    which names that build's record in the pretraining records; None for any other checkpoint."""
+    if not checkpoint:
+        return None
+    path = Path(checkpoint).resolve()
+    built = path.name == "encoder.pt" and path.parent.parent == pretrained_root().resolve()
+    # A folder a user named by hand there (pretrained/apc-b8) is no identity.
+    return path.parent.name if built and re.fullmatch(r"[0-9a-f]{16}", path.parent.name) else None
 
 
 def fold_metrics(fold_results: list[dict]) -> dict[str, float]:
@@ -44,6 +58,7 @@ def build_record(config: RunConfig, *, chash: str, encoder_name: str, checkpoint
         "encoder_name": encoder_name,
         "checkpoint_path": str(checkpoint) if checkpoint else None,
         "checkpoint_hash": ckpt_hash,
+        "pretraining_identity": pretraining_identity(checkpoint),
         "encoder_params": encoder_params,
         "task": config.task,
         "task_type": config.task_type,

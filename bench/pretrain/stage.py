@@ -35,7 +35,7 @@ from typing import Any
 from bench import __version__
 from bench.data.tasks import resolve_task
 from bench.files import exclusive_lock, file_sha256
-from bench.paths import data_dir
+from bench.paths import pretrained_dir
 from bench.pretrain.batches import steps_per_epoch
 from bench.pretrain.loop import PretrainConfig, pretrain
 from bench.pretrain.objective import pretext_version
@@ -80,8 +80,25 @@ def total_steps_of(config: PretrainConfig, manifest) -> int:
     return config.total_steps(steps_per_epoch(clips, config.batch_size))
 
 
-def pretrained_dir(identity: str) -> Path:
-    return data_dir() / "pretrained" / identity
+@dataclass(frozen=True)
+class Identity:
+    """A pretraining config resolved against its data: its identity, budget in steps and manifest."""
+
+    identity: str
+    total_steps: int
+    manifest: Any
+
+    @property
+    def folder(self) -> Path:
+        return pretrained_dir(self.identity)
+
+
+def resolve_identity(config: PretrainConfig, progress: bool = False) -> Identity:
+    """Resolve (and, for the embedded corpus, build) the data, then name what the weights will be."""
+    config = config.validated()
+    manifest = resolve_task(config.data, progress=progress)
+    total = total_steps_of(config, manifest)
+    return Identity(pretraining_identity(config, manifest.manifest_id, total), total, manifest)
 
 
 def _exclusive(identity: str):
@@ -89,8 +106,8 @@ def _exclusive(identity: str):
                           "pretraining %s is being built by another process; waiting for it", identity)
 
 
-def _complete(folder: Path, total_steps: int) -> dict | None:
-    """The summary of a finished build in `folder`, else None."""
+def complete_summary(folder: Path, total_steps: int) -> dict | None:
+    """The summary (pretrain.json) of a finished build in `folder`, else None."""
     try:
         summary = json.loads((folder / "pretrain.json").read_text())
     except (OSError, ValueError):
@@ -110,31 +127,52 @@ def weights_sha256(encoder_path: Path) -> str:
 
 
 def ensure_pretrained(config: PretrainConfig, *, device: str = "auto", records: str | Path | None = None,
-                      progress: bool = True) -> Pretrained:
-    """The complete checkpoint of `config`'s identity: reused, resumed or trained (module doc)."""
+                      progress: bool = True, name: str | None = None) -> Pretrained:
+    """The complete checkpoint of `config`'s identity: reused, resumed or trained (module doc).
+
+    `records`: the pretraining records file a build appends to; `name`: the sweep entry that asked
+    for it, kept in that record."""
     config = config.validated()
-    manifest = resolve_task(config.data, progress=progress)
-    total = total_steps_of(config, manifest)
-    identity = pretraining_identity(config, manifest.manifest_id, total)
-    folder = pretrained_dir(identity)
+    resolved = resolve_identity(config, progress=progress)
+    identity, folder = resolved.identity, resolved.folder
     with _exclusive(identity):
-        summary = _complete(folder, total)
+        summary = complete_summary(folder, resolved.total_steps)
         if summary is not None:
             log.info("pretraining %s (%s on %s) is complete at %s", identity, config.encoder, config.data, folder)
             return Pretrained(identity, folder, False, summary)
         resume = (folder / "checkpoint-last.pt").is_file()
+        if resume:
+            log.info("pretraining %s: resuming the killed build in %s", identity, folder)
         started = time.time()
         summary = pretrain(config, folder, resume=resume, progress=progress, device=device)
         if records is not None:
-            append_record(records, _record(identity, config, manifest, summary, folder, time.time() - started, resume))
+            record = _record(identity, config, resolved.manifest, summary, folder, time.time() - started, resume)
+            append_record(records, {**record, "name": name, "files": _keep_curves(folder, Path(records), identity)})
         return Pretrained(identity, folder, True, summary)
+
+
+KEPT_FILES = ("pretrain.json", "loss.csv", "loss.png", "visual_generation.txt")
+
+
+def _keep_curves(folder: Path, records: Path, identity: str) -> str:
+    """Copy the build's summary, loss curve and frame grids beside the records (the checkpoints stay
+    in the data folder, out of git); return that folder relative to the records' folder."""
+    import shutil
+
+    kept = records.parent / "pretraining" / identity
+    kept.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.iterdir()):
+        if path.name in KEPT_FILES or (path.name.startswith("frames-") and path.suffix == ".png"):
+            shutil.copyfile(path, kept / path.name)
+    return f"pretraining/{identity}"
 
 
 def _record(identity: str, config: PretrainConfig, manifest, summary: dict, folder: Path, seconds: float,
             resumed: bool) -> dict[str, Any]:
     encoder_path = folder / "encoder.pt"
+    checkpoint_sha256 = file_sha256(encoder_path)
     return {
-        "kind": "pretraining", "identity": identity, "encoder": config.encoder,
+        "kind": "pretraining", "status": "ok", "identity": identity, "encoder": config.encoder,
         "settings": {**config.identity(), "steps": config.steps, "epochs": config.epochs},
         "objective_version": pretext_version(config.encoder), "manifest_id": manifest.manifest_id,
         "data_name": summary.get("data_name"), "clips": summary.get("clips"), "step": summary.get("step"),
@@ -142,6 +180,8 @@ def _record(identity: str, config: PretrainConfig, manifest, summary: dict, fold
         "seconds": summary.get("seconds"), "resumed": resumed, "final_loss": summary.get("final_loss"),
         "final_losses": summary.get("final_row"), "device": summary.get("device"),
         "device_name": summary.get("device_name"), "precision": summary.get("precision"),
-        "checkpoint_sha256": file_sha256(encoder_path), "weights_sha256": weights_sha256(encoder_path),
-        "path": str(folder), "git_commit": git_commit(), "avbench_version": __version__,
+        # The first 16 digits are what the runs that evaluate it record as their checkpoint_hash.
+        "checkpoint_hash": checkpoint_sha256[:16], "checkpoint_sha256": checkpoint_sha256,
+        "weights_sha256": weights_sha256(encoder_path), "path": str(folder), "git_commit": git_commit(),
+        "avbench_version": __version__, "torch_version": summary.get("torch_version"),
     }

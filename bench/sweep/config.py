@@ -10,7 +10,8 @@
     seeds: 3                          # a list, or n for seeds 0..n-1; default [0]
     budget: epochs                    # the train epochs (default), or "steps:N" optimizer steps
     train: {epochs: 12, lr: 1.0e-3, lr_drop_epoch: 9, lr_after_drop: 1.0e-4, batch_size: 32}
-    pretraining: {apc: {data: embedded:default, steps: 20000}}   # free-form, per encoder
+    pretraining: {apc-b8: {encoder: apc, data: embedded:default, steps: 400, batch_size: 8}}
+                                      # built by the sweep; evaluated as encoders: [apc@pretrained:apc-b8]
     records: results/runs.jsonl       # optional, relative to the current folder
     tables: results                   # optional: regenerate tables there after the sweep
 
@@ -30,6 +31,7 @@ from bench.errors import ConfigError
 from bench.evaluate.identity import RunConfig
 from bench.records import DEFAULT_RECORDS
 from bench.registry import create_encoder, encoder_entry, split_spec
+from bench.sweep.pretraining import check_references, parse_entries
 
 LIST_KEYS = ("tasks", "task_types", "encoders", "modes", "label_fractions", "k_shots", "seeds", "eval_tasks")
 TOP_KEYS = set(LIST_KEYS) | {"name", "description", "deviations_from_paper", "train", "records", "tables",
@@ -53,7 +55,7 @@ class Sweep:
     source: Path
     description: str = ""
     deviations: list = field(default_factory=list)
-    pretraining: dict = field(default_factory=dict)
+    pretraining: dict = field(default_factory=dict)  # entry name -> PretrainConfig (bench.sweep.pretraining)
     budget: dict = field(default_factory=dict)  # {"unit": "epochs"|"steps", "value": int}
     not_applicable: list = field(default_factory=list)  # "encoder in mode": grid points that cannot run
 
@@ -145,12 +147,8 @@ def load_sweep(path: str | Path) -> Sweep:
     modes = _list(spec, "modes", path, None)
     seeds = _list(spec, "seeds", path, [0])
     budget_steps = _budget(spec, path)
-    pretraining = spec.get("pretraining") or {}
-    if not isinstance(pretraining, dict):
-        raise ConfigError(f"{path}: 'pretraining' maps each encoder to a description of its pretraining.")
-    stray = sorted(set(map(str, pretraining)) - {str(e) for e in encoders} - {split_spec(str(e))[0] for e in encoders})
-    if stray:
-        raise ConfigError(f"{path}: 'pretraining' describes {stray}, not in encoders {[str(e) for e in encoders]}.")
+    pretraining = parse_entries(spec.get("pretraining"), path)
+    check_references([str(e) for e in encoders], pretraining, path)
 
     runs, not_applicable = [], []
     for task, task_type, encoder in itertools.product(tasks, task_types, encoders):

@@ -17,6 +17,8 @@ from bench.evaluate.identity import RunConfig
 from bench.records import completed, read_records
 from bench.registry import create_encoder, split_spec
 from bench.sweep.config import Sweep
+from bench.sweep.pretraining import Stage, known_checkpoints, resolve_stages
+from bench.sweep.pretraining_cost import pretraining_report
 from bench.sweep.run import PlannedRun, plan_runs
 
 log = logging.getLogger("avbench.sweep")
@@ -81,10 +83,13 @@ def _failed_key(config: dict) -> str | None:
         return None
 
 
-def cost_table(sweep: Sweep) -> tuple[dict[str, dict], dict[str, int]]:
+def cost_table(sweep: Sweep, stages: list[Stage] = ()) -> tuple[dict[str, dict], dict[str, int]]:
     """Per encoder: runs, recorded, failed (before, and not since recorded), remaining, estimated
-    seconds of the remaining runs and where the timing came from; and the runs that cannot start."""
-    plan = plan_runs(sweep, progress=False)
+    seconds of the remaining runs and where the timing came from; and the runs that cannot start.
+
+    A run of a checkpoint the sweep has yet to build is keyed on the hash an earlier build of the
+    same identity recorded, else counted as remaining (`stages`: bench.sweep.pretraining)."""
+    plan = plan_runs(sweep, progress=False, checkpoints=known_checkpoints(stages, placeholder=True))
     records = read_records(sweep.records)
     done = completed(records)
     failed = {_failed_key(r["config"]) for r in records if r.get("status") == "failed" and r.get("config")}
@@ -118,24 +123,32 @@ def cost_table(sweep: Sweep) -> tuple[dict[str, dict], dict[str, int]]:
     return dict(rows), dict(problems)
 
 
-def dry_run_report(sweep: Sweep) -> str:
-    """The plan as text: grid size, recorded / failed-before / remaining runs, and the remaining cost."""
-    rows, problems = cost_table(sweep)
+def dry_run_report(sweep: Sweep, device: str = "auto") -> str:
+    """The plan as text: the pretraining stages and their cost, then the grid: recorded /
+    failed-before / remaining runs, and the remaining cost."""
+    stages = resolve_stages(sweep)
+    rows, problems = cost_table(sweep, stages)
+    remaining = {encoder for encoder, row in rows.items() if row["remaining"]}
+    stage_lines, stage_seconds = pretraining_report(stages, remaining, device)
     total = {k: sum(r[k] for r in rows.values()) for k in ("runs", "recorded", "failed", "remaining", "seconds")}
+    width = max([22, *map(len, rows)])
     lines = [f"sweep {sweep.name}: {total['runs']} run(s) in the grid ({sweep.budget['value']} {sweep.budget['unit']} "
              f"each); records {sweep.records}",
              f"  recorded {total['recorded']}, failed before {total['failed']} (retried), "
              f"remaining {total['remaining']}",
              *([f"  not applicable, left out of the grid: {', '.join(sweep.not_applicable)}"]
                if sweep.not_applicable else []),
-             "", f"  {'encoder':<22} {'runs':>5} {'recorded':>9} {'failed':>7} {'remaining':>10} {'est. hours':>11}"
+             "", f"  {'encoder':<{width}} {'runs':>5} {'recorded':>9} {'failed':>7} {'remaining':>10} {'est. hours':>11}"
                  "  seconds per clip-epoch from"]
     for encoder, r in rows.items():
-        lines.append(f"  {encoder:<22} {r['runs']:>5} {r['recorded']:>9} {r['failed']:>7} {r['remaining']:>10} "
+        lines.append(f"  {encoder:<{width}} {r['runs']:>5} {r['recorded']:>9} {r['failed']:>7} {r['remaining']:>10} "
                      f"{r['seconds'] / 3600:>11.2f}  {'; '.join(sorted(r['sources'])) or '-'}")
-    lines.append(f"  {'total':<22} {total['runs']:>5} {total['recorded']:>9} {total['failed']:>7} "
+    lines.append(f"  {'total':<{width}} {total['runs']:>5} {total['recorded']:>9} {total['failed']:>7} "
                  f"{total['remaining']:>10} {total['seconds'] / 3600:>11.2f}  ({total['seconds'] / 60:.1f} min "
                  "one run at a time; divide by the concurrent runs for wall time)")
     for problem, count in problems.items():
         lines.append(f"  {count} run(s) cannot start, not costed: {problem}")
+    if stage_lines:
+        lines += ["", *stage_lines, f"  total, pretraining and runs: {(stage_seconds + total['seconds']) / 3600:.2f} "
+                  "hours one job at a time"]
     return "\n".join(lines)

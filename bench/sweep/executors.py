@@ -1,11 +1,12 @@
-"""Where the runs of a sweep execute: in this process, in local worker processes, or on Ray.
+"""Where the jobs of a sweep execute: in this process, in local worker processes, or on Ray.
 
-Executors take jobs (plain dicts of RunConfig fields) and yield an outcome per job as it
-finishes. Results travel only through the records file: a run appends its own record
-(bench.records.append_record: one write under flock, so workers never interleave). A run that
-raises is recorded as failed, with its traceback, by the process that ran it; a worker that dies
-without answering (SIGKILL, the OOM killer, a segfault) is recorded as failed by the sweep, with
-its exit code; the sweep goes on.
+Executors take jobs (plain dicts: a run's RunConfig fields, or a pretraining checkpoint's
+PretrainConfig fields, see `Job`) and yield an outcome per job as it finishes. Results travel only
+through the records files: a run appends its own record (bench.records.append_record: one write
+under flock, so workers never interleave), and a pretraining build its own to the pretraining
+records beside them (bench.pretrain.stage). A job that raises is recorded as failed, with its
+traceback, by the process that ran it; a worker that dies without answering (SIGKILL, the OOM
+killer, a segfault) is recorded as failed by the sweep, with its exit code; the sweep goes on.
 
 inline: one run after another in this process (the library default; sees in-process plugins).
 
@@ -41,12 +42,15 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from bench.errors import ConfigError
-from bench.records import append_record, git_commit
+from bench.files import file_sha256
+from bench.records import append_record, git_commit, pretraining_records_path
 from bench.sweep.cpu import busy_cores, choose_wait_policy, thread_env, usable_cores, user_thread_cap
 
 log = logging.getLogger("avbench.executors")
 
-Job = dict[str, Any]  # {"index": int, "label": str, "config": dict of RunConfig fields}
+# A run {"index": int, "label": str, "config": dict of RunConfig fields}, or a pretraining checkpoint
+# {"index", "label", "kind": "pretraining", "name": entry, "pretraining": dict of PretrainConfig fields}.
+Job = dict[str, Any]
 
 
 def record_failure(records: str | Path, config: dict, error: str, trace: str | None = None) -> None:
@@ -75,6 +79,49 @@ def execute_run(config: dict, records: str | Path, *, force: bool = False, progr
             **{k: record.get(k) for k in ("config_hash", "test_acc", "val_acc", "best_epoch", "wall_seconds")}}
 
 
+def execute_pretraining(job: Job, records: str | Path, *, progress: bool = False, device: str = "auto") -> dict:
+    """Build (or resume, or find built) one pretraining checkpoint; its record goes to the pretraining
+    records beside `records`, and so does a failure."""
+    from bench.pretrain.loop import PretrainConfig
+    from bench.pretrain.stage import ensure_pretrained
+
+    target = pretraining_records_path(records)
+    try:
+        config = PretrainConfig(**{**job["pretraining"], "splits": tuple(job["pretraining"]["splits"])})
+        built = ensure_pretrained(config, device=device, records=target, progress=progress, name=job["name"])
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the runs that need it are reported as not run; the others go on
+        error = f"{type(exc).__name__}: {exc}"
+        record_pretraining_failure(target, job, error, traceback.format_exc())
+        return {"status": "failed", "error": error}
+    return {"status": "ok" if built.built else "skipped", "identity": built.identity,
+            "final_loss": built.summary.get("final_loss"), "seconds": built.summary.get("seconds"),
+            "checkpoint_hash": file_sha256(built.encoder_path)[:16]}
+
+
+def record_pretraining_failure(target: str | Path, job: Job, error: str, trace: str | None = None) -> None:
+    append_record(target, {"kind": "pretraining", "status": "failed", "name": job["name"], "identity": job["identity"],
+                           "settings": job["pretraining"], "error": error, "traceback": trace,
+                           "git_commit": git_commit()})
+
+
+def execute_job(job: Job, records: str | Path, *, force: bool = False, progress: bool = False,
+                device: str = "auto") -> dict:
+    """One job of either kind: a pretraining checkpoint or a run."""
+    if job.get("kind") == "pretraining":
+        return execute_pretraining(job, records, progress=progress, device=device)
+    return execute_run(job["config"], records, force=force, progress=progress, device=device)
+
+
+def record_job_failure(records: str | Path, job: Job, error: str) -> None:
+    """A job whose process died without answering: recorded as failed where its kind is recorded."""
+    if job.get("kind") == "pretraining":
+        record_pretraining_failure(pretraining_records_path(records), job, error)
+    else:
+        record_failure(records, job["config"], error)
+
+
 def import_plugins(plugins: Iterable[str]) -> None:
     from bench.registry import import_plugin
 
@@ -92,7 +139,7 @@ class InlineExecutor:
                 plugins: Iterable[str] = ()) -> Iterator[tuple[Job, dict]]:
         for job in jobs:
             log.info("%s", job["label"])
-            yield job, execute_run(job["config"], records, force=force, progress=self.progress, device=self.device)
+            yield job, execute_job(job, records, force=force, progress=self.progress, device=self.device)
 
 
 def visible_gpus() -> list[str]:
@@ -137,7 +184,7 @@ def _worker_main(conn, env: dict[str, str], plugins: list[str], log_level: int, 
                 job = conn.recv()
             except EOFError:  # the sweep process is gone
                 return
-            conn.send(execute_run(job["config"], job["records"], force=job["force"], device=job["device"]))
+            conn.send(execute_job(job, job["records"], force=job["force"], device=job["device"]))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep reports it
         return
 
@@ -241,7 +288,7 @@ class LocalExecutor:
                     except (EOFError, OSError):  # died mid-run: record it, replace the worker
                         slot["process"].join()
                         error = _death(slot["process"].exitcode)
-                        record_failure(records, job["config"], error)
+                        record_job_failure(records, job, error)
                         outcome = {"status": "failed", "error": error}
                         slots[slots.index(slot)] = start(slot["id"])
                     yield job, outcome
@@ -265,7 +312,7 @@ def _import_ray():
 _RAY_PLUGINS: set[str] = set()  # per Ray worker process: plugins already imported
 
 
-def _ray_run(config: dict, records: str, force: bool, plugins: list[str], cwd: str, threads: int,
+def _ray_run(job: Job, records: str, force: bool, plugins: list[str], cwd: str, threads: int,
              device: str = "auto") -> dict:
     """Body of one Ray task (Ray reuses worker processes, so everything here is idempotent)."""
     import torch
@@ -276,7 +323,7 @@ def _ray_run(config: dict, records: str, force: bool, plugins: list[str], cwd: s
     torch.set_flush_denormal(True)
     import_plugins([p for p in plugins if p not in _RAY_PLUGINS])
     _RAY_PLUGINS.update(plugins)
-    return execute_run(config, records, force=force, device=device)
+    return execute_job(job, records, force=force, device=device)
 
 
 class RayExecutor:
@@ -313,7 +360,7 @@ class RayExecutor:
             refs = {}
             for job in jobs:
                 log.info("%s (submitted to Ray)", job["label"])
-                refs[task.remote(job["config"], str(records), force, list(plugins), os.getcwd(), threads,
+                refs[task.remote(job, str(records), force, list(plugins), os.getcwd(), threads,
                                  self.device)] = job
             while refs:
                 (ref,), _ = ray.wait(list(refs), num_returns=1)
@@ -322,7 +369,10 @@ class RayExecutor:
                     outcome = ray.get(ref)
                 except Exception as exc:  # the task's worker died (OOM, node lost): record it
                     error = f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    record_failure(records, job["config"], error, str(exc))
+                    if job.get("kind") == "pretraining":
+                        record_pretraining_failure(pretraining_records_path(records), job, error, str(exc))
+                    else:
+                        record_failure(records, job["config"], error, str(exc))
                     outcome = {"status": "failed", "error": error}
                 yield job, outcome
         finally:

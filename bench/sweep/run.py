@@ -24,6 +24,7 @@ from bench.evaluate.identity import RunConfig, run_identity
 from bench.files import atomic_write_bytes
 from bench.records import completed, read_records, sidecar_path
 from bench.sweep.config import Sweep
+from bench.sweep.pretraining import Stage, known_checkpoints, resolve_stages, stage_of
 
 log = logging.getLogger("avbench.sweep")
 
@@ -44,12 +45,15 @@ def run_label(config: RunConfig) -> str:
     return f"{config.encoder} on {config.task}{evals}{kind} ({config.mode}, {labels}, seed {config.seed})"
 
 
-def plan_runs(sweep: Sweep, progress: bool = False) -> list[PlannedRun]:
-    """Each run with the config hash run_experiment will give it (tasks are resolved, once each)."""
+def plan_runs(sweep: Sweep, progress: bool = False, checkpoints: dict[str, str] | None = None) -> list[PlannedRun]:
+    """Each run with the config hash run_experiment will give it (tasks are resolved, once each).
+
+    `checkpoints`: path -> content hash of checkpoints not (yet) on this machine whose hash is known
+    (bench.sweep.pretraining.known_checkpoints)."""
     from bench.data.tasks import resolve_task
 
     manifests: dict[str, Any] = {}
-    checkpoints: dict[str, str | None] = {}
+    checkpoints = dict(checkpoints or {})
     plan = []
     for config in sweep.runs:
         try:
@@ -63,7 +67,7 @@ def plan_runs(sweep: Sweep, progress: bool = False) -> list[PlannedRun]:
     return plan
 
 
-def write_sidecar(sweep: Sweep, plan: list[PlannedRun]) -> Path:
+def write_sidecar(sweep: Sweep, plan: list[PlannedRun], stages: list[Stage] = ()) -> Path:
     """Merge this sweep's entry into the sidecar (atomic replace, under a lock against other sweeps)."""
     path = sidecar_path(sweep.records)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +83,9 @@ def write_sidecar(sweep: Sweep, plan: list[PlannedRun]) -> Path:
         # seeds) keeps naming the runs its earlier stages recorded.
         earlier = set(entries.get(sweep.name, {}).get("config_hashes", []))
         entries[sweep.name] = {"config": str(source), "description": sweep.description,
-                               "deviations_from_paper": sweep.deviations, "pretraining": sweep.pretraining,
+                               "deviations_from_paper": sweep.deviations,
+                               "pretraining": {s.name: {"identity": s.identity, "total_steps": s.total_steps,
+                                                        **s.config.identity()} for s in stages},
                                "budget": sweep.budget,
                                "config_hashes": sorted(earlier | {p.config_hash for p in plan if p.config_hash})}
         atomic_write_bytes(path, (json.dumps(entries, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -88,36 +94,79 @@ def write_sidecar(sweep: Sweep, plan: list[PlannedRun]) -> Path:
 
 def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, executor=None,
               plugins: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
-    """Run every configuration not yet recorded; return counts of done and skipped runs and the failures.
+    """Build the missing pretraining checkpoints the unrecorded runs need, then run every configuration
+    not yet recorded; return counts of done and skipped runs and the failures.
 
-    `executor` is one of bench.sweep.executors' (default: inline, one run after another in this process).
+    `executor` is one of bench.sweep.executors' (default: inline, one run after another in this
+    process). Two phases: the checkpoints to build and the runs that need none of them, pretraining
+    first so it starts first; then the runs of the checkpoints just built.
     """
     from bench.sweep.executors import InlineExecutor
 
-    plan = plan_runs(sweep, progress=progress)
-    write_sidecar(sweep, plan)
+    executor = executor or InlineExecutor(progress=progress)
+    stages = resolve_stages(sweep, progress=progress)
+    plan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(stages))
     if sweep.not_applicable:
         log.info("not applicable, left out of the grid: %s", ", ".join(sweep.not_applicable))
     done = {} if force else completed(read_records(sweep.records))
-    summary: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": []}
-    jobs = []
-    for i, run in enumerate(plan, 1):
-        if run.config_hash in done:
-            summary["skipped"] += 1
-        else:
-            jobs.append({"index": i, "label": f"[{i}/{len(plan)}] {run.label}", "config": asdict(run.config)})
+    summary: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": [], "pretrained": 0, "pretraining_reused": 0}
+    pending = [(i, run) for i, run in enumerate(plan, 1) if run.config_hash not in done]
+    summary["skipped"] = len(plan) - len(pending)
     if summary["skipped"]:
         log.info("sweep %s: %d of %d run(s) already recorded in %s", sweep.name, summary["skipped"], len(plan),
                  sweep.records)
-    for job, outcome in (executor or InlineExecutor(progress=progress)).execute(
-            jobs, sweep.records, force=force, plugins=plugins):
+    to_build = [s for s in stages if not s.complete and any(stage_of(r.config.encoder, [s]) for _, r in pending)]
+    for stage in stages:
+        if stage not in to_build:
+            log.info("pretraining %s: %s", stage.name, "complete at " + str(stage.folder) if stage.complete
+                     else "not needed: every run that evaluates it is recorded")
+    later = [(i, r) for i, r in pending if stage_of(r.config.encoder, to_build)]
+    waiting = {i for i, _ in later}
+    first = [s.job(n, len(to_build)) for n, s in enumerate(to_build, 1)] \
+        + [_job(i, run, len(plan)) for i, run in pending if i not in waiting]
+    failed_stages = _execute(executor, first, sweep, force, plugins, summary)
+    if later:  # their checkpoints exist now (or failed): plan them again with the files' hashes
+        replan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(
+            [s for s in stages if s not in to_build]))
+        jobs = []
+        for i, _ in later:
+            run, stage = replan[i - 1], stage_of(replan[i - 1].config.encoder, to_build)
+            if stage.name in failed_stages:
+                summary["failed"].append(f"[{i}/{len(plan)}] {run.label}: not run, its pretraining {stage.name} "
+                                         f"failed ({failed_stages[stage.name]})")
+            elif run.config_hash in done:  # the rebuilt checkpoint is the recorded one
+                summary["skipped"] += 1
+            else:
+                jobs.append(_job(i, run, len(plan)))
+        _execute(executor, jobs, sweep, force, plugins, summary)
+        plan = replan
+    write_sidecar(sweep, plan, stages)
+    return summary
+
+
+def _job(index: int, run: PlannedRun, count: int) -> dict:
+    return {"index": index, "label": f"[{index}/{count}] {run.label}", "config": asdict(run.config)}
+
+
+def _execute(executor, jobs: list[dict], sweep: Sweep, force: bool, plugins, summary: dict) -> dict[str, str]:
+    """Hand `jobs` to the executor, log each outcome into `summary`; return the failed pretraining entries."""
+    failed_stages = {}
+    for job, outcome in executor.execute(jobs, sweep.records, force=force, plugins=plugins):
+        pretraining = job.get("kind") == "pretraining"
         if outcome["status"] == "failed":
             log.error("%s failed: %s", job["label"], outcome["error"])
             summary["failed"].append(f"{job['label']}: {outcome['error']}")
+            if pretraining:
+                failed_stages[job["name"]] = outcome["error"]
+        elif pretraining:
+            summary["pretrained" if outcome["status"] == "ok" else "pretraining_reused"] += 1
+            log.info("%s: %s, final loss %s, checkpoint %s", job["label"],
+                     "built" if outcome["status"] == "ok" else "built meanwhile by another process",
+                     outcome.get("final_loss"), outcome.get("checkpoint_hash"))
         elif outcome["status"] == "skipped":  # recorded by another process since planning
             summary["skipped"] += 1
         else:
             summary["ran"] += 1
             log.info("%s: test %.2f%% (best val %.2f%% at epoch %d), %.0f s", job["label"], 100 * outcome["test_acc"],
                      100 * outcome["val_acc"], outcome["best_epoch"], outcome["wall_seconds"])
-    return summary
+    return failed_stages

@@ -1,0 +1,190 @@
+"""The pretraining stage of a sweep: its `pretraining:` entries, the `NAME@pretrained:ENTRY` encoders
+that use them, and which checkpoints must be built before the runs that evaluate them.
+
+    pretraining:
+      av-joint-b8:                    # the entry's name, used as av-joint@pretrained:av-joint-b8
+        encoder: av-joint             # the encoder; it trains with its own objective
+        data: embedded:default        # a data spec, as `avbench pretrain --data`
+        splits: [train]               # default [train]: test speakers stay unseen
+        steps: 400                    # the budget: steps, or epochs (passes over the clips)
+        batch_size: 8                 # default 32
+        crop_seconds: 1.0             # default 1.0
+        lr: 1.0e-3                    # default: the objective's own
+        seed: 0                       # default 0
+        encoder_args: {}              # and pretext_args: keyword arguments of each
+        save_every: 50                # resume granularity and curve resolution: not part of the
+        log_every: 5                  #   identity (defaults 50 and 5)
+
+An entry is a `PretrainConfig`. Its identity (bench.pretrain.stage: settings, manifest content,
+objective version) names its checkpoint folder, `$AVBENCH_DATA/pretrained/<identity>/`, and the
+sweep rewrites `NAME@pretrained:ENTRY` to `NAME@pretrained:<identity>`, which every process
+resolves (bench.paths.expand_path). So runs are keyed on the checkpoint's content as before, and
+their records name the identity.
+
+A checkpoint is built only when some run that needs it is not yet recorded. Whether it is, for a
+checkpoint not on this machine, comes from the pretraining records beside the run records
+(`runs.pretraining.jsonl`): an earlier build of the same identity gives the checkpoint hash the
+runs were keyed on. A fresh clone therefore skips what the committed records hold without
+rebuilding anything, and a rebuild that reproduces the recorded checkpoint (pretraining is
+deterministic on one device) keeps every recorded run valid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.paths import PRETRAINED_PREFIX
+from bench.records import pretraining_records_path, read_pretraining_records
+
+log = logging.getLogger("avbench.sweep")
+
+# Entry key -> PretrainConfig field (None: the entry's own, not a setting).
+ENTRY_KEYS = {"encoder": "encoder", "data": "data", "splits": "splits", "steps": "steps", "epochs": "epochs",
+              "batch_size": "batch_size", "crop_seconds": "crop_seconds", "lr": "lr", "seed": "seed",
+              "max_grad_norm": "max_grad_norm", "encoder_args": "encoder_kwargs",
+              "pretext_args": "pretext_kwargs", "precision": "precision", "save_every": "save_every",
+              "log_every": "log_every", "objective": None, "description": None}
+STAGE_DEFAULTS = {"save_every": 50, "log_every": 5}
+
+
+def parse_entries(raw: Any, path: Path) -> dict[str, Any]:
+    """`pretraining:` -> {entry name: PretrainConfig}, every key and value checked."""
+    from bench.pretrain.loop import PretrainConfig
+    from bench.pretrain.objective import pretext_version
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: 'pretraining' maps entry names to pretraining settings "
+                          "(encoder, data, steps or epochs, batch_size, ...); see bench/sweep/pretraining.py.")
+    entries = {}
+    for name, entry in raw.items():
+        where = f"{path}: pretraining.{name}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping of settings (encoder, data, steps, ...), got {entry!r}.")
+        unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        if unknown:
+            hint = (" The sweep runs the entry itself: drop `command` and declare its settings as keys."
+                    if "command" in unknown else "")
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(ENTRY_KEYS)}.{hint}")
+        missing = [k for k in ("encoder", "data") if k not in entry]
+        if missing:
+            raise ConfigError(f"{where}: give {' and '.join(missing)}.")
+        objective = entry.get("objective", entry["encoder"])
+        if objective != entry["encoder"]:
+            raise ConfigError(f"{where}: objective {objective!r} differs from encoder {entry['encoder']!r}; each "
+                              "encoder trains with its own objective here (drop `objective`).")
+        splits = entry.get("splits", ["train"])
+        settings = {field: entry[key] for key, field in ENTRY_KEYS.items() if field and key in entry}
+        settings["splits"] = tuple(splits.split(",") if isinstance(splits, str) else splits)
+        try:
+            pretext_version(str(entry["encoder"]))  # an encoder without an objective fails here, by name
+            entries[str(name)] = PretrainConfig(**{**STAGE_DEFAULTS, "loader_workers": None, **settings}).validated()
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    return entries
+
+
+def entry_of(encoder: str) -> str | None:
+    """'av-joint@pretrained:av-joint-b8' -> 'av-joint-b8'; None for any other spec."""
+    _, _, checkpoint = encoder.partition("@")
+    return checkpoint[len(PRETRAINED_PREFIX):] if checkpoint.startswith(PRETRAINED_PREFIX) else None
+
+
+def check_references(encoders: list[str], entries: dict[str, Any], path: Path) -> None:
+    """Every NAME@pretrained:ENTRY names an entry of NAME's encoder, and every entry is used."""
+    used = set()
+    for encoder in encoders:
+        entry = entry_of(encoder)
+        if entry is None:
+            continue
+        if entry not in entries:
+            raise ConfigError(f"{path}: encoder {encoder!r} names pretraining entry {entry!r}, which 'pretraining' "
+                              f"does not declare (declared: {sorted(entries) or 'none'}).")
+        if entries[entry].encoder != encoder.partition("@")[0]:
+            raise ConfigError(f"{path}: encoder {encoder!r} names pretraining entry {entry!r}, which trains "
+                              f"{entries[entry].encoder!r}.")
+        used.add(entry)
+    unused = sorted(set(entries) - used)
+    if unused:
+        raise ConfigError(f"{path}: pretraining entr{'y' if len(unused) == 1 else 'ies'} {unused} not used by any "
+                          "encoder: evaluate each as ENCODER@pretrained:ENTRY in 'encoders', or remove it.")
+
+
+@dataclass
+class Stage:
+    """One pretraining entry resolved against its data: the checkpoint it names and what is known of it."""
+
+    name: str
+    config: Any                     # PretrainConfig
+    identity: str
+    total_steps: int
+    folder: Path
+    complete: bool                  # the finished checkpoint is in this machine's data folder
+    checkpoint_hash: str | None     # the file's, when complete; else an earlier record's, if any
+    records: list[dict]             # earlier pretraining records of this identity (ok ones)
+
+    @property
+    def target(self) -> str:
+        return f"{PRETRAINED_PREFIX}{self.identity}"
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.folder / "encoder.pt"
+
+    def label(self) -> str:
+        return (f"pretraining {self.name}: {self.config.encoder} on {self.config.data}, {self.total_steps} steps of "
+                f"batch {self.config.batch_size} (identity {self.identity})")
+
+    def job(self, index: int, count: int) -> dict:
+        from dataclasses import asdict
+
+        return {"index": index, "label": f"[pretraining {index}/{count}] {self.label()}", "kind": "pretraining",
+                "name": self.name, "identity": self.identity, "pretraining": {**asdict(self.config), "splits": list(self.config.splits)}}
+
+
+def pretraining_records(records: str | Path) -> list[dict]:
+    """The ok pretraining records beside a run records file (none when it does not exist)."""
+    return [r for r in read_pretraining_records(pretraining_records_path(records)) if r["status"] == "ok"]
+
+
+def resolve_stages(sweep, progress: bool = False) -> list[Stage]:
+    """Resolve each entry (building its corpus if need be) and point the sweep's runs at identities."""
+    from bench.files import file_sha256
+    from bench.pretrain.stage import complete_summary, resolve_identity
+
+    earlier = pretraining_records(sweep.records)
+    stages = []
+    for name, config in sweep.pretraining.items():
+        resolved = resolve_identity(config, progress=progress)
+        own = [r for r in earlier if r.get("identity") == resolved.identity]
+        complete = complete_summary(resolved.folder, resolved.total_steps) is not None
+        if complete:
+            checkpoint_hash = file_sha256(resolved.folder / "encoder.pt")[:16]
+        else:
+            checkpoint_hash = own[-1].get("checkpoint_hash") if own else None
+        stages.append(Stage(name, config, resolved.identity, resolved.total_steps, resolved.folder, complete,
+                            checkpoint_hash, own))
+    targets = {s.name: s.target for s in stages}
+    sweep.runs = [replace(run, encoder=f"{run.encoder.partition('@')[0]}@{targets[entry_of(run.encoder)]}")
+                  if entry_of(run.encoder) in targets else run for run in sweep.runs]
+    return stages
+
+
+def known_checkpoints(stages: list[Stage], placeholder: bool = False) -> dict[str, str]:
+    """Checkpoint path -> hash for planning runs whose checkpoint is not built here: the recorded
+    hash, or (`placeholder`, for costing) a stand-in that no record matches."""
+    known = {}
+    for stage in stages:
+        if not stage.complete and (stage.checkpoint_hash or placeholder):
+            known[str(stage.encoder_path)] = stage.checkpoint_hash or f"unbuilt-{stage.identity}"
+    return known
+
+
+def stage_of(encoder: str, stages: list[Stage]) -> Stage | None:
+    checkpoint = encoder.partition("@")[2]
+    return next((s for s in stages if s.target == checkpoint), None)
