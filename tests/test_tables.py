@@ -247,30 +247,3 @@ def test_plots_take_per_class_accuracy_from_the_records_own_confusion_and_fixed_
     assert encoder_colour("av-joint") == PALETTE["av-joint"]
     assert encoder_colour("s3prl:hubert") == encoder_colour("s3prl:hubert") != encoder_colour("s3prl:tera")
     assert re.fullmatch(r"#[0-9a-f]{6}", encoder_colour("s3prl:hubert"))
-
-
-def test_the_index_lists_the_pretraining_runs_kept_beside_the_records(tmp_path):
-    records = [make_record("av-joint@a5c27fa2", seed=s, checkpoint_path="/data/pretrained/av-joint-b8/encoder.pt")
-               for s in range(2)]
-    records += [make_record("mfcc39"), make_record("av-joint@0badc0de", checkpoint_path="/data/other/encoder.pt")]
-    for i, record in enumerate(records):
-        record["config_hash"] = f"hash{i}"
-    records_path = tmp_path / "runs.jsonl"
-    records_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    run = tmp_path / "pretraining" / "av-joint-b8"
-    run.mkdir(parents=True)
-    (run / "loss.csv").write_text("step,loss\n5,1.0\n")
-    (run / "encoder.pt").write_bytes(b"not indexed: checkpoints stay out of git")
-    (run / "pretrain.json").write_text(json.dumps({
-        "encoder": "av-joint", "config": {"batch_size": 8}, "step": 400, "epochs_done": 0.37, "seconds": 4445.9,
-        "processes": 1, "final_loss": 1.160723, "data_name": "embedded-f6b63032867a",
-        "manifest_id": "39340193f535afe8"}))
-    write_tables(records_path, tmp_path)
-    readme = (tmp_path / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| av-joint-b8 |"))
-    assert "400 steps x batch 8 (0.37 epochs)" in row and "4,446 s x 1 process(es)" in row and "1.161" in row
-    assert "| 2 record(s) |" in row and "[loss.csv](pretraining/av-joint-b8/loss.csv)" in row
-    assert "encoder.pt" not in row
-    (run / "pretrain.json").write_text("{}")
-    with pytest.raises(ConfigError, match=r"av-joint-b8/pretrain.json: not a pretrain.json .* fix or remove"):
-        write_tables(records_path, tmp_path)

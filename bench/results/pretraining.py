@@ -1,0 +1,140 @@
+"""The pretraining records beside the run records (`runs.jsonl` -> `runs.pretraining.jsonl`, one
+JSON object a line, appended by bench.pretrain.stage) as the tables show them: the README's table of
+pretraining runs, one row per checkpoint identity, and results.md's note of the budget and wall time
+behind each checkpointed row. A pure function of the records (and the files they name).
+
+A pretraining identity may have several records (a resumed build appends one, so does a rebuild on
+another machine): its latest successful record is the one shown, and the others are counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.records import pretraining_records_path
+
+LINKED_SUFFIXES = (".png", ".csv", ".txt", ".json")
+
+
+def checkpoint_hash(record: dict[str, Any]) -> str | None:
+    """The 16 hex digits that the run records evaluating this checkpoint store as `checkpoint_hash`."""
+    return record.get("checkpoint_hash") or (record.get("checkpoint_sha256") or "")[:16] or None
+
+
+def latest_builds(pretraining: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    """(latest ok record, number of records of its identity) per identity with a successful build,
+    ordered by name, then identity."""
+    latest: dict[str, dict] = {}
+    counts: dict[str, int] = {}
+    for record in pretraining:
+        counts[record["identity"]] = counts.get(record["identity"], 0) + 1
+        if record["status"] == "ok":
+            latest[record["identity"]] = record
+    return [(r, counts[i]) for i, r in sorted(latest.items(), key=lambda kv: (kv[1].get("name") or "", kv[0]))]
+
+
+def budget_text(record: dict[str, Any]) -> str:
+    """`400 steps x batch 8, 1 s crops (0.37 epochs)`, from the record's steps, settings and clip count."""
+    settings = record.get("settings") or {}
+    step, total, batch = record.get("step"), record.get("total_steps"), settings.get("batch_size")
+    text = f"{step} steps" if total in (None, step) else f"{step} of {total} steps"
+    text += f" x batch {batch if batch is not None else '?'}"
+    if settings.get("crop_seconds") is not None:
+        text += f", {settings['crop_seconds']:g} s crops"
+    clips = record.get("clips")
+    if clips and step is not None and batch:
+        text += f" ({step * batch / clips:.2f} epochs)"
+    return text
+
+
+def wall_text(record: dict[str, Any]) -> str:
+    """`370 s on cpu, fp32`: the build's total training wall time (all its calls) and where it ran."""
+    seconds = record.get("seconds")
+    text = "?" if seconds is None else f"{seconds:,.0f} s"
+    where = record.get("device_name") or record.get("device")
+    if where:
+        text += f" on {where}"
+    return text + (f", {record['precision']}" if record.get("precision") else "")
+
+
+def evaluated_by(build: dict[str, Any], records: list[dict[str, Any]]) -> int:
+    """How many of `records` evaluated this build's checkpoint (by its hash, or by its identity)."""
+    digest = checkpoint_hash(build)
+    return sum(1 for r in records if (digest and r.get("checkpoint_hash") == digest)
+               or r.get("pretraining_identity") == build["identity"])
+
+
+def _files(build: dict[str, Any], records_dir: Path, out_dir: Path) -> str:
+    folder = records_dir / build["files"] if build.get("files") else None
+    if folder is None or not folder.is_dir():
+        return "—"
+    return ", ".join(f"[{f.name}]({Path(os.path.relpath(f, out_dir)).as_posix()})" for f in sorted(folder.iterdir())
+                     if f.suffix in LINKED_SUFFIXES) or "—"
+
+
+def render_pretraining(pretraining: list[dict[str, Any]], records: list[dict[str, Any]], records_path: Path,
+                       out_dir: Path) -> str:
+    """The README's pretraining section: one row per checkpoint identity of the pretraining records
+    beside `records_path`, with the run `records` (every tabled one) that evaluated it; then the
+    failed builds and the folders under pretraining/ that no record names, counted."""
+    records_dir = records_path.parent
+    builds = latest_builds(pretraining)
+    named = {(records_dir / r["files"]).resolve() for r in pretraining if r.get("files")}
+    strays = sorted(d for d in (records_dir / "pretraining").glob("*") if d.is_dir() and d.resolve() not in named)
+    failed = [r for r in pretraining if r["status"] == "failed"]
+    if not (builds or strays or failed):
+        return ""
+    out = io.StringIO()
+    out.write(f"\n## Pretraining runs\n\nFrom `{pretraining_records_path(records_path).name}`: one row per "
+              "checkpoint (pretraining identity), from its latest successful record; its loss curve and frame "
+              "grids are kept beside the records, the checkpoints stay out of git. Wall: the build's training "
+              "time, all its calls. Evaluated by: the tabled run records whose `checkpoint_hash` is the "
+              "checkpoint's (or whose `pretraining_identity` is its identity).\n\n| name | identity | encoder | "
+              "data | budget | wall | final loss | checkpoint | evaluated by | files |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n")
+    for build, count in builds:
+        final = build.get("final_loss")
+        out.write(f"| {build.get('name') or '—'} | `{build['identity']}`{f' ({count} records)' if count > 1 else ''} "
+                  f"| {build.get('encoder')} | {build.get('data_name')} (manifest {build.get('manifest_id', '?')}) "
+                  f"| {budget_text(build)} | {wall_text(build)} | {'—' if final is None else f'{final:.4g}'} "
+                  f"| `{checkpoint_hash(build) or '?'}` | {evaluated_by(build, records)} record(s) "
+                  f"| {_files(build, records_dir, out_dir)} |\n")
+    imported = [b.get("name") or b["identity"] for b, _ in builds if b.get("imported_from")]
+    if imported:
+        out.write(f"\n{len(imported)} record(s) imported from the `pretrain.json` of a build made before the "
+                  f"pretraining stage existed: {', '.join(imported)}.\n")
+    if failed:
+        out.write(f"\n{len(failed)} failed pretraining attempt(s): "
+                  + "; ".join(f"`{r['identity']}`: {r.get('error') or 'no error recorded'}" for r in failed) + ".\n")
+    if strays:
+        links = ", ".join(f"[{d.name}]({Path(os.path.relpath(d, out_dir)).as_posix()})" for d in strays)
+        out.write(f"\n{len(strays)} folder(s) under pretraining/ named by no pretraining record (no budget or "
+                  f"wall time to show): {links}.\n")
+    return out.getvalue()
+
+
+def checkpoint_note(rows: list[tuple[str, list[dict[str, Any]]]], pretraining: list[dict[str, Any]]) -> str:
+    """results.md's note after a table: per checkpointed row (display name, its records), the budget and
+    wall time of the pretraining record whose checkpoint hash (or identity) its records name."""
+    builds = [b for b, _ in latest_builds(pretraining)]
+    by_hash = {checkpoint_hash(b): b for b in reversed(builds) if checkpoint_hash(b)}
+    by_identity = {b["identity"]: b for b in builds}
+    lines: dict[tuple[str, str], str] = {}
+    for label, records in rows:
+        for r in records:
+            named = r.get("checkpoint_hash") or r.get("pretraining_identity")
+            if not named:
+                continue
+            build = by_identity.get(r.get("pretraining_identity")) or by_hash.get(r.get("checkpoint_hash"))
+            lines.setdefault((label, named), "no pretraining record" if build is None else
+                             f"{budget_text(build)}; {wall_text(build)} ({build.get('name') or build['identity']})")
+    if not lines:
+        return ""
+    labels = [label for label, _ in lines]
+    return "\nPretraining:\n\n" + "".join(f"- {label}{f' ({named})' if labels.count(label) > 1 else ''}: {text}\n"
+                                           for (label, named), text in lines.items())
