@@ -35,6 +35,26 @@ def test_a_subset_is_a_derived_manifest_with_the_base_splits(tiny_corpus):
     assert (loud.table["snr_db"] >= 20).all() and len(loud.table) == int((base.table["snr_db"] >= 20).sum())
 
 
+def test_a_subset_of_the_embedded_corpus_has_the_same_id_in_any_data_folder(tmp_path, monkeypatch):
+    """Records of a subset task are keyed on its manifest id: two machines (data folders) that build
+    the same corpus must derive the same subset manifest, byte for byte."""
+    import shutil
+
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig
+
+    ids = []
+    for name in ("one", "two"):
+        monkeypatch.setenv("AVBENCH_DATA", str(tmp_path / name))
+        corpus = build_corpus(CorpusConfig.from_size("small", speakers=8, words=3, renditions=2), progress=False)
+        subset = resolve_task(f"{corpus.manifest.path}[rendition=0]")
+        assert all(subset.resolve(p).is_file() for p in subset.table["audio_path"])
+        ids.append(subset.manifest_id)
+        if name == "one":  # the first machine's folder is gone: nothing may point into it
+            shutil.rmtree(tmp_path / "one")
+    assert ids[0] == ids[1]
+
+
 def test_bad_subsets_name_the_column_and_the_fix(tiny_corpus):
     path = tiny_corpus.manifest.path
     with pytest.raises(ConfigError, match="no column 'nope'"):

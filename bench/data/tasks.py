@@ -11,7 +11,9 @@ Accepted specs:
 
 A condition is COLUMN=V1,V2 (one of the values), COLUMN!=V1,V2 (none of them), or COLUMN<X,
 <=, >, >= (numeric). Such a subset is written once as a derived manifest under
-$AVBENCH_DATA/derived/<hash>/ (audio paths made absolute), so it has its own manifest id, its
+$AVBENCH_DATA/derived/<hash>/, its paths made relative to that folder: the base corpus lives in the
+same data folder, so the derived manifest, and with it its id, is the same on every machine
+whatever its data folder (its id names the runs recorded on it). So it has its own manifest id, its
 own feature-cache entries and its own records; the splits are the base manifest's, so a
 speaker-disjoint corpus stays speaker-disjoint. Cross-dataset sweeps use subsets as train and
 eval tasks: train on some accents, test on others; train on clean clips, test on noisy ones.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import hashlib
 import json
+import os
 import re
 
 import pandas as pd
@@ -101,11 +104,14 @@ def _subset(manifest: Manifest, base: str, conditions: list[tuple[str, str, str]
     text = ";".join(f"{c}{o}{v}" for c, o, v in conditions)
     if rows.empty:
         raise ConfigError(f"{manifest.path}: no clip meets [{text}].")
+    # "relative": derived manifests once held absolute paths, which tied their id to one data folder;
+    # a folder of the old format is never reused for the new one.
+    digest = hashlib.sha256(f"{manifest.manifest_id}|{text}|relative".encode()).hexdigest()[:12]
+    folder = data_dir() / "derived" / f"{manifest.meta.get('name', manifest.path.parent.name)}-{digest}"
     for column in _PATH_COLUMNS:
         if column in rows.columns:
-            rows[column] = [str(manifest.resolve(p)) if isinstance(p, str) and p else p for p in rows[column]]
-    digest = hashlib.sha256(f"{manifest.manifest_id}|{text}".encode()).hexdigest()[:12]
-    folder = data_dir() / "derived" / f"{manifest.meta.get('name', manifest.path.parent.name)}-{digest}"
+            rows[column] = [os.path.relpath(manifest.resolve(p), folder) if isinstance(p, str) and p else p
+                            for p in rows[column]]
     name = f"{manifest.meta.get('name', manifest.path.parent.name)}[{text}]"
     if not (folder / MANIFEST_NAME).is_file():
         meta = {"name": name, "source": "subset", "derived_from": {"task": base, "manifest_id": manifest.manifest_id,
