@@ -17,9 +17,16 @@ appends a pretraining record (identity, settings, manifest id, steps, seconds, d
 loss, the checkpoint's file hash and a digest of its weights) to `records` when given.
 
 Determinism (measured on the CPU, one thread, two processes, 4 steps of each of the seven
-objectives): the weights and loss curves were bitwise equal for every objective. The record
-carries both the file's hash and `weights_sha256`, a digest of the tensors alone, which stays
-the same when only what is saved around them (the step, the format) changes.
+objectives): the weights and loss curves were bitwise equal for every objective, and rebuilding
+the committed 400-step checkpoints reproduced their file hashes (see the pretraining records).
+The thread count is part of what makes the weights of the convolutional objectives: 4 steps of
+av-joint and of pase+ with 2 threads end at other weights than with 1 (most likely because the
+backward pass sums the batch's weight gradients in per-thread chunks, so the order of the float
+additions follows the thread count), while apc's are the same. So a checkpoint is reproduced on
+the same device with the same thread count (the sweep's local workers get cores // workers
+threads: one each by default), and the record names `threads`. It carries both the file's hash
+and `weights_sha256`, a digest of the tensors alone, which stays the same when only what is saved
+around them (the step, the format) changes.
 """
 
 from __future__ import annotations
@@ -169,6 +176,8 @@ def _keep_curves(folder: Path, records: Path, identity: str) -> str:
 
 def _record(identity: str, config: PretrainConfig, manifest, summary: dict, folder: Path, seconds: float,
             resumed: bool) -> dict[str, Any]:
+    import torch
+
     encoder_path = folder / "encoder.pt"
     checkpoint_sha256 = file_sha256(encoder_path)
     return {
@@ -184,4 +193,6 @@ def _record(identity: str, config: PretrainConfig, manifest, summary: dict, fold
         "checkpoint_hash": checkpoint_sha256[:16], "checkpoint_sha256": checkpoint_sha256,
         "weights_sha256": weights_sha256(encoder_path), "path": str(folder), "git_commit": git_commit(),
         "avbench_version": __version__, "torch_version": summary.get("torch_version"),
+        # The weights of some objectives depend on it (see the module doc).
+        "threads": torch.get_num_threads(),
     }
