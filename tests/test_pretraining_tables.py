@@ -117,3 +117,19 @@ def test_results_md_notes_the_pretraining_behind_each_checkpointed_row(tmp_path)
         assert (tmp_path / "with" / name).read_bytes() == (tmp_path / "without" / name).read_bytes()
     write_tables(records_path, tmp_path / "again")
     assert (tmp_path / "again" / "results.md").read_bytes() == md.encode()
+
+
+def test_two_builds_of_one_identity_that_differ_in_their_bits_are_two_checkpoints(tmp_path):
+    """A rebuild on a machine that did not reproduce the recorded checkpoint (another CPU, another
+    thread count) is another checkpoint of the same identity: its own row, its own runs."""
+    other = "82f3b9b7d3bd4ab5"
+    records = [make_record("apc@f05044e0", seed=s, checkpoint_hash=APC_HASH) for s in range(2)]
+    records.append(make_record("apc@82f3b9b7", checkpoint_hash=other, pretraining_identity=APC_IDENTITY))
+    pretraining = [pretraining_record(), pretraining_record(checkpoint_hash=other, seconds=845.0)]
+    write_tables(write_records(tmp_path, records, pretraining), tmp_path)
+    rows = pretraining_rows((tmp_path / "README.md").read_text())
+    assert len(rows) == 2
+    assert any(f"`{APC_HASH}` | 2 record(s)" in row for row in rows)
+    assert any(f"`{other}` | 1 record(s)" in row and "845 s" in row for row in rows)
+    note = (tmp_path / "results.md").read_text()
+    assert "apc@f05044e0: 400 steps x batch 8" in note and "1,234 s" in note and "no pretraining record" not in note

@@ -16,7 +16,7 @@ import yaml
 from bench.errors import ConfigError
 from bench.files import file_sha256
 from bench.paths import pretrained_dir
-from bench.records import pretraining_records_path, read_records
+from bench.records import append_record, pretraining_records_path, read_records
 from bench.sweep.config import load_sweep
 from bench.sweep.cost import dry_run_report
 from bench.sweep.run import run_sweep
@@ -100,6 +100,10 @@ def test_recorded_runs_need_no_rebuild_and_a_rebuild_matches_them(tiny_corpus, o
     summary = run_sweep(load_sweep(config), progress=False)
     assert summary["pretrained"] == 0 and summary["skipped"] == 1
     assert not pretrained_dir(built["identity"]).exists()
+    # A later build of the identity elsewhere that did not reproduce the bits (another CPU, another
+    # thread count): the runs made on the first build still count as recorded.
+    append_record(pretraining_records_path(load_sweep(config).records), {**built, "checkpoint_hash": "0" * 16})
+    assert "recorded 1" in dry_run_report(load_sweep(config), device="cpu")
 
     grown = _write_sweep(tmp_path, data, seeds=[0, 1])  # one more run: the checkpoint is needed again
     summary = run_sweep(load_sweep(grown), progress=False)

@@ -121,12 +121,17 @@ def config_hash(config: RunConfig, manifest_id: str, checkpoint_hash: str | None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def checkpoint_of(config: RunConfig) -> str | None:
+    """The checkpoint file a run loads: `checkpoint`, else the one its encoder spec names."""
+    return expand_path(config.checkpoint) if config.checkpoint else split_spec(config.encoder)[1]
+
+
 def run_identity(config: RunConfig, manifest_id: str, hashes: dict | None = None) -> tuple[str | None, str | None, str]:
     """(checkpoint path, checkpoint content hash, config hash) of a run: what skipping keys on.
 
     `hashes` memoises checkpoint hashes across calls (a sweep plans many runs of one checkpoint).
     """
-    checkpoint = expand_path(config.checkpoint) if config.checkpoint else split_spec(config.encoder)[1]
+    checkpoint = checkpoint_of(config)
     ckpt_hash = None
     if checkpoint:
         hashes = {} if hashes is None else hashes

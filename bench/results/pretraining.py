@@ -27,15 +27,17 @@ def checkpoint_hash(record: dict[str, Any]) -> str | None:
 
 
 def latest_builds(pretraining: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
-    """(latest ok record, number of records of its identity) per identity with a successful build,
-    ordered by name, then identity."""
-    latest: dict[str, dict] = {}
-    counts: dict[str, int] = {}
+    """(latest ok record, number of records of its build) per checkpoint: per identity and checkpoint
+    hash, since a rebuild on a machine that did not reproduce the bits is another checkpoint of the
+    same identity. Ordered by name, identity, then hash."""
+    latest: dict[tuple[str, str], dict] = {}
+    counts: dict[tuple[str, str], int] = {}
     for record in pretraining:
-        counts[record["identity"]] = counts.get(record["identity"], 0) + 1
+        key = (record["identity"], checkpoint_hash(record) or "")
+        counts[key] = counts.get(key, 0) + 1
         if record["status"] == "ok":
-            latest[record["identity"]] = record
-    return [(r, counts[i]) for i, r in sorted(latest.items(), key=lambda kv: (kv[1].get("name") or "", kv[0]))]
+            latest[key] = record
+    return [(r, counts[k]) for k, r in sorted(latest.items(), key=lambda kv: (kv[1].get("name") or "", kv[0]))]
 
 
 def budget_text(record: dict[str, Any]) -> str:
@@ -65,8 +67,10 @@ def wall_text(record: dict[str, Any]) -> str:
 def evaluated_by(build: dict[str, Any], records: list[dict[str, Any]]) -> int:
     """How many of `records` evaluated this build's checkpoint (by its hash, or by its identity)."""
     digest = checkpoint_hash(build)
+    # The checkpoint's content names it; an identity alone may cover several builds (rebuilt on
+    # machines that did not reproduce each other's bits), so it counts only where no hash is known.
     return sum(1 for r in records if (digest and r.get("checkpoint_hash") == digest)
-               or r.get("pretraining_identity") == build["identity"])
+               or ((not digest or not r.get("checkpoint_hash")) and r.get("pretraining_identity") == build["identity"]))
 
 
 def _files(build: dict[str, Any], records_dir: Path, out_dir: Path) -> str:
@@ -130,7 +134,7 @@ def checkpoint_note(rows: list[tuple[str, list[dict[str, Any]]]], pretraining: l
             named = r.get("checkpoint_hash") or r.get("pretraining_identity")
             if not named:
                 continue
-            build = by_identity.get(r.get("pretraining_identity")) or by_hash.get(r.get("checkpoint_hash"))
+            build = by_hash.get(r.get("checkpoint_hash")) or by_identity.get(r.get("pretraining_identity"))
             lines.setdefault((label, named), "no pretraining record" if build is None else
                              f"{budget_text(build)}; {wall_text(build)} ({build.get('name') or build['identity']})")
     if not lines:

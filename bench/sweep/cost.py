@@ -89,9 +89,9 @@ def cost_table(sweep: Sweep, stages: list[Stage] = ()) -> tuple[dict[str, dict],
 
     A run of a checkpoint the sweep has yet to build is keyed on the hash an earlier build of the
     same identity recorded, else counted as remaining (`stages`: bench.sweep.pretraining)."""
-    plan = plan_runs(sweep, progress=False, checkpoints=known_checkpoints(stages, placeholder=True))
     records = read_records(sweep.records)
     done = completed(records)
+    plan = plan_runs(sweep, progress=False, checkpoints=known_checkpoints(stages, placeholder=True), recorded=done)
     failed = {_failed_key(r["config"]) for r in records if r.get("status") == "failed" and r.get("config")}
     measured = measured_seconds_per_clip_epoch(records)
     rows: dict[str, dict] = defaultdict(lambda: {"runs": 0, "recorded": 0, "failed": 0, "remaining": 0,

@@ -125,7 +125,7 @@ class Stage:
     total_steps: int
     folder: Path
     complete: bool                  # the finished checkpoint is in this machine's data folder
-    checkpoint_hash: str | None     # the file's, when complete; else an earlier record's, if any
+    checkpoint_hash: str | None     # the file's, when complete; else the latest earlier record's, if any
     records: list[dict]             # earlier pretraining records of this identity (ok ones)
 
     @property
@@ -135,6 +135,11 @@ class Stage:
     @property
     def encoder_path(self) -> Path:
         return self.folder / "encoder.pt"
+
+    @property
+    def recorded_hashes(self) -> list[str]:
+        """The checkpoint hashes earlier builds of this identity recorded, latest first, each once."""
+        return list(dict.fromkeys(r["checkpoint_hash"] for r in reversed(self.records) if r.get("checkpoint_hash")))
 
     def label(self) -> str:
         return (f"pretraining {self.name}: {self.config.encoder} on {self.config.data}, {self.total_steps} steps of "
@@ -175,13 +180,13 @@ def resolve_stages(sweep, progress: bool = False) -> list[Stage]:
     return stages
 
 
-def known_checkpoints(stages: list[Stage], placeholder: bool = False) -> dict[str, str]:
-    """Checkpoint path -> hash for planning runs whose checkpoint is not built here: the recorded
-    hash, or (`placeholder`, for costing) a stand-in that no record matches."""
+def known_checkpoints(stages: list[Stage], placeholder: bool = False) -> dict[str, list[str]]:
+    """Checkpoint path -> hashes for planning runs whose checkpoint is not built here: the recorded
+    ones (latest first), or (`placeholder`, for costing) a stand-in that no record matches."""
     known = {}
     for stage in stages:
-        if not stage.complete and (stage.checkpoint_hash or placeholder):
-            known[str(stage.encoder_path)] = stage.checkpoint_hash or f"unbuilt-{stage.identity}"
+        if not stage.complete and (stage.recorded_hashes or placeholder):
+            known[str(stage.encoder_path)] = stage.recorded_hashes or [f"unbuilt-{stage.identity}"]
     return known
 
 

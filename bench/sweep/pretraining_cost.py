@@ -66,7 +66,8 @@ def pretraining_report(stages: list[Stage], remaining_encoders: set[str], device
         if stage.complete:
             status = f"complete here (checkpoint {stage.checkpoint_hash})"
         elif not needed:
-            status = f"not needed: its runs are recorded (checkpoint {stage.checkpoint_hash})"
+            builds = ", ".join(stage.recorded_hashes) or "?"
+            status = f"not needed: its runs are recorded (checkpoint {builds})"
         else:
             done = steps_done(stage)
             status = f"to build, resuming at step {done}" if done else "to build"

@@ -17,10 +17,10 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from bench.errors import ConfigError
-from bench.evaluate.identity import RunConfig, run_identity
+from bench.evaluate.identity import RunConfig, checkpoint_of, run_identity
 from bench.files import atomic_write_bytes
 from bench.records import completed, read_records, sidecar_path
 from bench.sweep.config import Sweep
@@ -45,22 +45,28 @@ def run_label(config: RunConfig) -> str:
     return f"{config.encoder} on {config.task}{evals}{kind} ({config.mode}, {labels}, seed {config.seed})"
 
 
-def plan_runs(sweep: Sweep, progress: bool = False, checkpoints: dict[str, str] | None = None) -> list[PlannedRun]:
+def plan_runs(sweep: Sweep, progress: bool = False, checkpoints: dict[str, list[str]] | None = None,
+              recorded: Iterable[str] = ()) -> list[PlannedRun]:
     """Each run with the config hash run_experiment will give it (tasks are resolved, once each).
 
-    `checkpoints`: path -> content hash of checkpoints not (yet) on this machine whose hash is known
-    (bench.sweep.pretraining.known_checkpoints)."""
+    `checkpoints`: path -> the content hashes, latest first, that earlier builds of a checkpoint not
+    (yet) on this machine recorded (bench.sweep.pretraining.known_checkpoints). A run takes the first
+    whose config hash is `recorded`, else the latest: builds of one identity on machines that did
+    not reproduce each other's bits each keep the runs made on them."""
     from bench.data.tasks import resolve_task
 
     manifests: dict[str, Any] = {}
-    checkpoints = dict(checkpoints or {})
+    checkpoints, recorded, memo = dict(checkpoints or {}), set(recorded), {}
     plan = []
     for config in sweep.runs:
         try:
             if config.task not in manifests:
                 manifests[config.task] = resolve_task(config.task, progress=progress)
             manifest = manifests[config.task]
-            chash = run_identity(config, manifest.manifest_id, checkpoints)[2]
+            candidates = checkpoints.get(checkpoint_of(config)) or [None]
+            hashes = [run_identity(config, manifest.manifest_id, memo if c is None else {checkpoint_of(config): c})[2]
+                      for c in candidates]
+            chash = next((h for h in hashes if h in recorded), hashes[0])
             plan.append(PlannedRun(config, run_label(config), chash, manifest=manifest))
         except Exception as exc:  # the run itself will fail with this error and be recorded
             plan.append(PlannedRun(config, run_label(config), None, problem=f"{type(exc).__name__}: {exc}"))
@@ -105,10 +111,10 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
 
     executor = executor or InlineExecutor(progress=progress)
     stages = resolve_stages(sweep, progress=progress)
-    plan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(stages))
+    done = {} if force else completed(read_records(sweep.records))
+    plan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(stages), recorded=done)
     if sweep.not_applicable:
         log.info("not applicable, left out of the grid: %s", ", ".join(sweep.not_applicable))
-    done = {} if force else completed(read_records(sweep.records))
     summary: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": [], "pretrained": 0, "pretraining_reused": 0}
     pending = [(i, run) for i, run in enumerate(plan, 1) if run.config_hash not in done]
     summary["skipped"] = len(plan) - len(pending)
@@ -127,7 +133,7 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
     failed_stages = _execute(executor, first, sweep, force, plugins, summary)
     if later:  # their checkpoints exist now (or failed): plan them again with the files' hashes
         replan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(
-            [s for s in stages if s not in to_build]))
+            [s for s in stages if s not in to_build]), recorded=done)
         jobs = []
         for i, _ in later:
             run, stage = replan[i - 1], stage_of(replan[i - 1].config.encoder, to_build)
