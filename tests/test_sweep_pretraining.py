@@ -173,3 +173,17 @@ def test_two_sweeps_started_together_build_their_shared_checkpoint_once(tiny_cor
     assert len(built) == 1  # the other sweep waited on the lock and found it complete
     runs = [r for c in configs for r in read_records(load_sweep(c).records)]
     assert len(runs) == 2 and {r["checkpoint_hash"] for r in runs} == {built[0]["checkpoint_hash"]}
+
+
+def test_an_entry_whose_data_is_missing_stops_only_its_own_runs(tiny_corpus, own_data, tmp_path):
+    data = str(tiny_corpus.manifest.path)
+    config = _write_sweep(tmp_path, data, encoders=["apc@pretrained:apc-tiny", "mfcc39"],
+                          train={"epochs": 1, "hidden": 8, "layers": 1, "batch_size": 8},
+                          pretraining={"apc-tiny": {"encoder": "apc", "data": "not-prepared-here", "steps": 4}})
+    report = dry_run_report(load_sweep(config), device="cpu")
+    assert "cannot start (below)" in report and "apc-tiny cannot start: ConfigError: task 'not-prepared-here'" in report
+    summary = run_sweep(load_sweep(config), progress=False)
+    assert summary["ran"] == 1 and summary["pretrained"] == 0
+    [failed] = summary["failed"]
+    assert "not run, its pretraining apc-tiny cannot start" in failed and "not-prepared-here" in failed
+    assert [r["encoder"] for r in read_records(load_sweep(config).records)] == ["mfcc39"]

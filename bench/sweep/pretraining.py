@@ -127,10 +127,12 @@ class Stage:
     complete: bool                  # the finished checkpoint is in this machine's data folder
     checkpoint_hash: str | None     # the file's, when complete; else the latest earlier record's, if any
     records: list[dict]             # earlier pretraining records of this identity (ok ones)
+    problem: str | None = None      # why the entry does not resolve here (its data is missing, ...)
 
     @property
     def target(self) -> str:
-        return f"{PRETRAINED_PREFIX}{self.identity}"
+        """The checkpoint its runs name: the identity, or the entry itself while it cannot resolve."""
+        return f"{PRETRAINED_PREFIX}{self.name if self.problem else self.identity}"
 
     @property
     def encoder_path(self) -> Path:
@@ -165,7 +167,11 @@ def resolve_stages(sweep, progress: bool = False) -> list[Stage]:
     earlier = pretraining_records(sweep.records)
     stages = []
     for name, config in sweep.pretraining.items():
-        resolved = resolve_identity(config, progress=progress)
+        try:
+            resolved = resolve_identity(config, progress=progress)
+        except Exception as exc:  # e.g. a corpus not prepared here: its runs cannot start, the others can
+            stages.append(Stage(name, config, "", 0, Path(), False, None, [], f"{type(exc).__name__}: {exc}"))
+            continue
         own = [r for r in earlier if r.get("identity") == resolved.identity]
         complete = complete_summary(resolved.folder, resolved.total_steps) is not None
         if complete:
@@ -174,7 +180,7 @@ def resolve_stages(sweep, progress: bool = False) -> list[Stage]:
             checkpoint_hash = own[-1].get("checkpoint_hash") if own else None
         stages.append(Stage(name, config, resolved.identity, resolved.total_steps, resolved.folder, complete,
                             checkpoint_hash, own))
-    targets = {s.name: s.target for s in stages}
+    targets = {s.name: s.target for s in stages if not s.problem}
     sweep.runs = [replace(run, encoder=f"{run.encoder.partition('@')[0]}@{targets[entry_of(run.encoder)]}")
                   if entry_of(run.encoder) in targets else run for run in sweep.runs]
     return stages

@@ -63,7 +63,9 @@ def pretraining_report(stages: list[Stage], remaining_encoders: set[str], device
     for stage in stages:
         needed = any(encoder.partition("@")[2] == stage.target for encoder in remaining_encoders)
         seconds, source = 0.0, "-"
-        if stage.complete:
+        if stage.problem:
+            status = "cannot start (below)"
+        elif stage.complete:
             status = f"complete here (checkpoint {stage.checkpoint_hash})"
         elif not needed:
             builds = ", ".join(stage.recorded_hashes) or "?"
@@ -73,7 +75,7 @@ def pretraining_report(stages: list[Stage], remaining_encoders: set[str], device
             status = f"to build, resuming at step {done}" if done else "to build"
             seconds, source = stage_estimate(stage, device)
         total += seconds
-        rows.append((stage.name, stage.config.encoder, str(stage.total_steps), stage.identity, status,
+        rows.append((stage.name, stage.config.encoder, str(stage.total_steps or "?"), stage.identity or "?", status,
                      f"{seconds / 3600:.2f}", source))
     header = ("entry", "encoder", "steps", "identity", "status", "est. hours", "from")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(6)]
@@ -82,4 +84,9 @@ def pretraining_report(stages: list[Stage], remaining_encoders: set[str], device
     for row in [header, *rows, ("total", "", "", "", "", f"{total / 3600:.2f}", "")]:
         lines.append("  " + " ".join(align(cell, width) for align, cell, width in zip(aligned, row, widths))
                      + f"  {row[6]}".rstrip())
+    problems: dict[str, list[str]] = {}
+    for stage in stages:
+        if stage.problem:
+            problems.setdefault(stage.problem, []).append(stage.name)
+    lines += [f"  {', '.join(names)} cannot start: {problem}" for problem, names in problems.items()]
     return lines, total

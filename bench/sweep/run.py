@@ -91,7 +91,7 @@ def write_sidecar(sweep: Sweep, plan: list[PlannedRun], stages: list[Stage] = ()
         entries[sweep.name] = {"config": str(source), "description": sweep.description,
                                "deviations_from_paper": sweep.deviations,
                                "pretraining": {s.name: {"identity": s.identity, "total_steps": s.total_steps,
-                                                        **s.config.identity()} for s in stages},
+                                                        **s.config.identity()} for s in stages if not s.problem},
                                "budget": sweep.budget,
                                "config_hashes": sorted(earlier | {p.config_hash for p in plan if p.config_hash})}
         atomic_write_bytes(path, (json.dumps(entries, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -118,12 +118,21 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
     summary: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": [], "pretrained": 0, "pretraining_reused": 0}
     pending = [(i, run) for i, run in enumerate(plan, 1) if run.config_hash not in done]
     summary["skipped"] = len(plan) - len(pending)
+    unresolved = [s for s in stages if s.problem]
+    for i, run in [(i, r) for i, r in pending if stage_of(r.config.encoder, unresolved)]:
+        stage = stage_of(run.config.encoder, unresolved)
+        summary["failed"].append(f"[{i}/{len(plan)}] {run.label}: not run, its pretraining {stage.name} cannot "
+                                 f"start ({stage.problem})")
+    pending = [(i, r) for i, r in pending if not stage_of(r.config.encoder, unresolved)]
     if summary["skipped"]:
         log.info("sweep %s: %d of %d run(s) already recorded in %s", sweep.name, summary["skipped"], len(plan),
                  sweep.records)
-    to_build = [s for s in stages if not s.complete and any(stage_of(r.config.encoder, [s]) for _, r in pending)]
+    to_build = [s for s in stages if not s.complete and not s.problem
+                and any(stage_of(r.config.encoder, [s]) for _, r in pending)]
     for stage in stages:
-        if stage not in to_build:
+        if stage.problem:
+            log.error("pretraining %s cannot start: %s", stage.name, stage.problem)
+        elif stage not in to_build:
             log.info("pretraining %s: %s", stage.name, "complete at " + str(stage.folder) if stage.complete
                      else "not needed: every run that evaluates it is recorded")
     later = [(i, r) for i, r in pending if stage_of(r.config.encoder, to_build)]
