@@ -17,8 +17,10 @@ appends a pretraining record (identity, settings, manifest id, steps, seconds, d
 loss, the checkpoint's file hash and a digest of its weights) to `records` when given.
 
 Determinism (measured on the CPU, one thread, two processes, 4 steps of each of the seven
-objectives): the weights and loss curves were bitwise equal for every objective, and rebuilding
-the committed 400-step checkpoints reproduced their file hashes (see the pretraining records).
+objectives): the weights and loss curves were bitwise equal for every objective. Rebuilt here on
+one thread, the committed 400-step apc, wav2vec and logmel-l1 checkpoints reproduced their file
+hashes; av-audio and av-visual did not (their curves agree to 5-6 digits, then drift), having been
+built in an environment that was not recorded then (results/runs.pretraining.jsonl).
 The thread count is part of what makes the weights of the convolutional objectives: 4 steps of
 av-joint and of pase+ with 2 threads end at other weights than with 1 (most likely because the
 backward pass sums the batch's weight gradients in per-thread chunks, so the order of the float
