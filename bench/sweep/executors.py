@@ -114,12 +114,12 @@ def execute_job(job: Job, records: str | Path, *, force: bool = False, progress:
     return execute_run(job["config"], records, force=force, progress=progress, device=device)
 
 
-def record_job_failure(records: str | Path, job: Job, error: str) -> None:
+def record_job_failure(records: str | Path, job: Job, error: str, trace: str | None = None) -> None:
     """A job whose process died without answering: recorded as failed where its kind is recorded."""
     if job.get("kind") == "pretraining":
-        record_pretraining_failure(pretraining_records_path(records), job, error)
+        record_pretraining_failure(pretraining_records_path(records), job, error, trace)
     else:
-        record_failure(records, job["config"], error)
+        record_failure(records, job["config"], error, trace)
 
 
 def import_plugins(plugins: Iterable[str]) -> None:
@@ -369,10 +369,7 @@ class RayExecutor:
                     outcome = ray.get(ref)
                 except Exception as exc:  # the task's worker died (OOM, node lost): record it
                     error = f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    if job.get("kind") == "pretraining":
-                        record_pretraining_failure(pretraining_records_path(records), job, error, str(exc))
-                    else:
-                        record_failure(records, job["config"], error, str(exc))
+                    record_job_failure(records, job, error, str(exc))
                     outcome = {"status": "failed", "error": error}
                 yield job, outcome
         finally:

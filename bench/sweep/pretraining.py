@@ -125,7 +125,7 @@ class Stage:
     total_steps: int
     folder: Path
     complete: bool                  # the finished checkpoint is in this machine's data folder
-    checkpoint_hash: str | None     # the file's, when complete; else the latest earlier record's, if any
+    checkpoint_hash: str | None     # the file's, when complete here
     records: list[dict]             # earlier pretraining records of this identity (ok ones)
     problem: str | None = None      # why the entry does not resolve here (its data is missing, ...)
 
@@ -174,10 +174,7 @@ def resolve_stages(sweep, progress: bool = False) -> list[Stage]:
             continue
         own = [r for r in earlier if r.get("identity") == resolved.identity]
         complete = complete_summary(resolved.folder, resolved.total_steps) is not None
-        if complete:
-            checkpoint_hash = file_sha256(resolved.folder / "encoder.pt")[:16]
-        else:
-            checkpoint_hash = own[-1].get("checkpoint_hash") if own else None
+        checkpoint_hash = file_sha256(resolved.folder / "encoder.pt")[:16] if complete else None
         stages.append(Stage(name, config, resolved.identity, resolved.total_steps, resolved.folder, complete,
                             checkpoint_hash, own))
     targets = {s.name: s.target for s in stages if not s.problem}

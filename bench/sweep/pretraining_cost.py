@@ -13,7 +13,7 @@ import statistics
 import tempfile
 from dataclasses import replace
 
-from bench.sweep.pretraining import Stage
+from bench.sweep.pretraining import Stage, stage_of
 
 log = logging.getLogger("avbench.sweep")
 
@@ -61,7 +61,7 @@ def pretraining_report(stages: list[Stage], remaining_encoders: set[str], device
         return [], 0.0
     rows, total = [], 0.0
     for stage in stages:
-        needed = any(encoder.partition("@")[2] == stage.target for encoder in remaining_encoders)
+        needed = any(stage_of(encoder, [stage]) for encoder in remaining_encoders)
         seconds, source = 0.0, "-"
         if stage.problem:
             status = "cannot start (below)"

@@ -63,8 +63,9 @@ def plan_runs(sweep: Sweep, progress: bool = False, checkpoints: dict[str, list[
             if config.task not in manifests:
                 manifests[config.task] = resolve_task(config.task, progress=progress)
             manifest = manifests[config.task]
-            candidates = checkpoints.get(checkpoint_of(config)) or [None]
-            hashes = [run_identity(config, manifest.manifest_id, memo if c is None else {checkpoint_of(config): c})[2]
+            checkpoint = checkpoint_of(config)
+            candidates = checkpoints.get(checkpoint) or [None]
+            hashes = [run_identity(config, manifest.manifest_id, memo if c is None else {checkpoint: c})[2]
                       for c in candidates]
             chash = next((h for h in hashes if h in recorded), hashes[0])
             plan.append(PlannedRun(config, run_label(config), chash, manifest=manifest))
@@ -113,17 +114,21 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
     stages = resolve_stages(sweep, progress=progress)
     done = {} if force else completed(read_records(sweep.records))
     plan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(stages), recorded=done)
+    write_sidecar(sweep, plan, stages)  # before any job: a killed sweep still names its runs
     if sweep.not_applicable:
         log.info("not applicable, left out of the grid: %s", ", ".join(sweep.not_applicable))
     summary: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": [], "pretrained": 0, "pretraining_reused": 0}
     pending = [(i, run) for i, run in enumerate(plan, 1) if run.config_hash not in done]
     summary["skipped"] = len(plan) - len(pending)
-    unresolved = [s for s in stages if s.problem]
-    for i, run in [(i, r) for i, r in pending if stage_of(r.config.encoder, unresolved)]:
+    unresolved, runnable = [s for s in stages if s.problem], []
+    for i, run in pending:
         stage = stage_of(run.config.encoder, unresolved)
-        summary["failed"].append(f"[{i}/{len(plan)}] {run.label}: not run, its pretraining {stage.name} cannot "
-                                 f"start ({stage.problem})")
-    pending = [(i, r) for i, r in pending if not stage_of(r.config.encoder, unresolved)]
+        if stage is None:
+            runnable.append((i, run))
+        else:
+            summary["failed"].append(f"[{i}/{len(plan)}] {run.label}: not run, its pretraining {stage.name} cannot "
+                                     f"start ({stage.problem})")
+    pending = runnable
     if summary["skipped"]:
         log.info("sweep %s: %d of %d run(s) already recorded in %s", sweep.name, summary["skipped"], len(plan),
                  sweep.records)
@@ -154,8 +159,7 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
             else:
                 jobs.append(_job(i, run, len(plan)))
         _execute(executor, jobs, sweep, force, plugins, summary)
-        plan = replan
-    write_sidecar(sweep, plan, stages)
+        write_sidecar(sweep, replan, stages)  # the runs keyed on the checkpoints just built
     return summary
 
 
