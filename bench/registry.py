@@ -35,7 +35,7 @@ ENTRY_POINT_GROUP = "avbench.encoders"
 # Modules that hold avbench's own encoders; importing them runs their @register_encoder lines.
 BUILTIN_ENCODER_MODULES = ("baselines.spectral", "baselines.supervised", "baselines.apc",
                            "baselines.wav2vec", "baselines.pase", "baselines.s3prl_adapter",
-                           "encoders.audiovisual", "encoders.logmel_l1")
+                           "encoders.resnet1d", "encoders.audiovisual", "encoders.logmel_l1")
 
 
 class Encoder(nn.Module):

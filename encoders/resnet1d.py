@@ -27,7 +27,7 @@ from torch import nn
 
 from baselines.functional import length_mask
 from bench.errors import ConfigError
-from bench.registry import Encoder
+from bench.registry import Encoder, register_encoder
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -136,3 +136,14 @@ class ResNet1dEncoder(Encoder):
     def config(self) -> dict:
         return {**super().config(), "version": FEATURE_VERSION, "arch": "resnet18-1d",
                 "stage_channels": list(self.stage_channels), "hop": HOP}
+
+
+@register_encoder("resnet18")
+class ResNet18(ResNet1dEncoder):
+    """The 1D ResNet18 with no objective of its own: pretrain it with any objective
+    (`avbench pretrain resnet18 --objective dino`), then evaluate `resnet18@pretrained:...`.
+    The same architecture and initialisation as av-joint, av-audio, av-visual and resnet18-scratch,
+    so that rows differ only in what trained the weights."""
+
+    name = "resnet18"
+    needs_pretraining = True

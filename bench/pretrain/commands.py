@@ -9,9 +9,14 @@ from bench.arguments import add_device_option, add_precision_option, key_values
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    pre = sub.add_parser("pretrain", help="self-supervised pretraining of an encoder on a manifest's audio "
-                                          "(labels ignored); resumable")
-    pre.add_argument("name", help="encoder with an objective: see `avbench list` (apc, wav2vec, pase+, ...)")
+    pre = sub.add_parser("pretrain", help="pretraining of an encoder on a manifest's audio with an objective: "
+                                          "its own or any that fits (--objective); resumable")
+    pre.add_argument("name", help="encoder to train: see `avbench list` (apc, wav2vec, pase+, resnet18, ...)")
+    pre.add_argument("--objective", default=None,
+                     help="objective (default: the encoder's own); `avbench list --objectives` shows which "
+                          "encoders each fits: simclr, moco, dino, supervised, ...")
+    pre.add_argument("--label-column", dest="label_column", default=None,
+                     help="the manifest column a supervised objective learns: label (words), speaker or emotion")
     pre.add_argument("--data", required=True,
                      help="embedded[:small|default|large], a manifest path, or a prepared corpus name")
     budget = pre.add_mutually_exclusive_group(required=True)
@@ -43,24 +48,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from bench.paths import data_dir
-    from bench.pretrain.loop import PretrainConfig, pretrain
+    from bench.errors import ConfigError
+    from bench.pretrain.loop import PretrainConfig, describe_run, pretrain
 
+    pretext_kwargs = key_values(args.pretext_arg, "--pretext-arg")
+    if args.label_column is not None:
+        if "label_column" in pretext_kwargs and pretext_kwargs["label_column"] != args.label_column:
+            raise ConfigError("--label-column and --pretext-arg label_column=... disagree; give one.")
+        pretext_kwargs["label_column"] = args.label_column
     config = PretrainConfig(
         encoder=args.name, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
         crop_seconds=args.crop_seconds, lr=args.lr, seed=args.seed, splits=tuple(args.splits.split(",")),
         save_every=args.save_every, log_every=args.log_every, precision=args.precision,
         loader_workers=args.loader_workers,
-        encoder_kwargs=key_values(args.encoder_arg, "--encoder-arg"),
-        pretext_kwargs=key_values(args.pretext_arg, "--pretext-arg")).validated()
+        encoder_kwargs=key_values(args.encoder_arg, "--encoder-arg"), pretext_kwargs=pretext_kwargs,
+        objective=args.objective).validated()
     if args.out is None:
         budget = f"{config.steps}steps" if config.steps is not None else f"{config.epochs:g}epochs"
         data = Path(config.data).name if "/" in config.data else config.data.replace(":", "-")
-        args.out = data_dir() / "pretrained" / f"{config.encoder}-{data}-{budget}-seed{config.seed}"
+        run = config.encoder if config.objective is None else f"{config.encoder}-{config.objective}"
+        if "label_column" in config.pretext_kwargs:
+            run += f"-{config.pretext_kwargs['label_column']}"
+        args.out = data_dir() / "pretrained" / f"{run}-{data}-{budget}-seed{config.seed}"
     summary = pretrain(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet,
                        device=args.device)
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    print(f"{config.encoder} pretrained on {summary['data_name']} ({summary['clips']} clips): step "
+    print(f"{describe_run(config)} pretrained on {summary['data_name']} ({summary['clips']} clips): step "
           f"{summary['step']}/{summary['total_steps']} ({summary['epochs_done']:g} epochs), final loss "
           f"{summary['final_loss']}, {summary['seconds']:.0f} s on {summary['device_name']} ({summary['precision']})")
     print(f"curve:   {Path(args.out) / 'loss.csv'} and loss.png")

@@ -51,7 +51,8 @@ from bench.files import atomic_write_bytes
 from bench.pretrain.batches import CropSampler, _seed_of, batch_stream
 from bench.pretrain.curve import write_curve
 from bench.pretrain.distributed import Distributed
-from bench.pretrain.objective import CropInfo, Pretext, PretextContext, pretext_factory
+from bench.pretrain.objective import (CropInfo, Pretext, PretextContext, check_fits, objective_factory,
+                                     own_objective, resolve_objective)
 from bench.records import git_commit
 from bench.registry import count_parameters, create_encoder, split_spec
 from bench.runtime import flush_denormals
@@ -80,8 +81,18 @@ class PretrainConfig:
     pretext_kwargs: dict = field(default_factory=dict)
     precision: str = DEFAULT_PRECISION  # autocast dtype of the forward pass: fp32, bf16 or fp16
     loader_workers: int | None = 0      # processes making batches ahead of the step (0: in the loop; None: auto)
+    # The objective (bench.pretrain.objective); None: the encoder's own. Naming the encoder's own
+    # objective is the same as naming none, so that identities and checkpoints stay as they were.
+    objective: str | None = None
+
+    @property
+    def objective_name(self) -> str:
+        """The objective this run trains with: the one named, else the encoder's own."""
+        return resolve_objective(self.encoder, self.objective)
 
     def validated(self) -> "PretrainConfig":
+        if self.objective is not None and self.objective == own_objective(self.encoder):
+            return replace(self, objective=None).validated()
         if split_spec(self.encoder)[1]:
             raise ConfigError(f"pretrain starts from random weights: give the bare name, not {self.encoder!r} "
                               "(use --resume to continue a run)")
@@ -94,6 +105,7 @@ class PretrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         check_precision(self.precision)
+        self.objective_name  # an unknown objective, or an encoder without one and none named, fails here
         if self.loader_workers is not None and self.loader_workers < 0:
             raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
         bad = sorted(set(self.splits) - set(SPLITS))
@@ -114,6 +126,8 @@ class PretrainConfig:
             d.pop(k)
         if d["precision"] == DEFAULT_PRECISION:
             d.pop("precision")
+        if d["objective"] is None:  # the encoder's own: identities made before objectives were separate
+            d.pop("objective")
         d["splits"] = list(self.splits)
         return d
 
@@ -202,7 +216,8 @@ def start_session(config: PretrainConfig, out: Path, dist: Distributed, device: 
     context = PretextContext(sample_rate=encoder.sample_rate, noise_sources=noise, manifest=manifest,
                              generator=torch.Generator().manual_seed(_seed_of(config.seed, "context") % 2**63),
                              device=device, progress=progress and dist.writer)
-    pretext = pretext_factory(config.encoder)(encoder, context, **config.pretext_kwargs).to(device)
+    check_fits(config.objective_name, encoder)
+    pretext = objective_factory(config.objective_name)(encoder, context, **config.pretext_kwargs).to(device)
     sampler = CropSampler(manifest, tuple(config.splits), config.batch_size,
                           int(round(config.crop_seconds * 16_000)), config.seed, align=pretext.crop_align)
     total_steps = config.total_steps(sampler.steps_per_epoch)
@@ -256,7 +271,7 @@ def _train(s: Session, part: slice, end: int, progress: bool) -> dict[str, Any] 
     model = s.dist.wrap(s.pretext)
     s.pretext.train()
     window: dict[str, list[float]] = {}
-    bar = tqdm(total=s.total_steps, initial=s.step, desc=f"pretrain {config.encoder}", unit="step",
+    bar = tqdm(total=s.total_steps, initial=s.step, desc=f"pretrain {describe_run(config)}", unit="step",
                disable=not (progress and s.dist.writer))
     started = time.time()
     summary = None
@@ -292,7 +307,7 @@ def train_step(s: Session, model: torch.nn.Module, wav: torch.Tensor, lengths: t
         losses = model(wav, lengths, info=info)
     loss = losses["loss"].float()
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"pretraining loss of {config.encoder} became {loss.item()} at step {s.step + 1}; "
+        raise FloatingPointError(f"pretraining loss of {describe_run(config)} became {loss.item()} at step {s.step + 1}; "
                                  "lower --lr or check the data")
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
@@ -303,6 +318,26 @@ def train_step(s: Session, model: torch.nn.Module, wav: torch.Tensor, lengths: t
     s.scaler.update()
     s.step += 1
     return losses
+
+
+def describe_run(config: PretrainConfig) -> str:
+    """`apc`, or `resnet18 + dino` when the objective is not the encoder's own."""
+    return config.encoder if config.objective is None else f"{config.encoder} + {config.objective}"
+
+
+def labels_seen(pretext: Pretext) -> str | None:
+    """The manifest column a (supervised) objective learned, or None for a self-supervised one."""
+    return pretext.config().get("label_column")
+
+
+def objective_metadata(config: PretrainConfig, pretext: Pretext) -> dict[str, Any]:
+    """What encoder.pt says about the objective that trained it, when it was not the encoder's own.
+
+    Nothing for the encoder's own objective, so that its encoder.pt is byte for byte what it was
+    before objectives were separate (committed records name those files' hashes)."""
+    if config.objective is None:
+        return {}
+    return {"objective": config.objective, "labels": labels_seen(pretext)}
 
 
 def host_state_dict(module: torch.nn.Module) -> dict:
@@ -334,7 +369,8 @@ def _save(s: Session) -> dict[str, Any]:
             s.snapshots.append({"step": s.step, **pretext.snapshot(s.out, s.step)})
         pretext.train()
     summary = {
-        "format": FORMAT, "encoder": config.encoder, "config": {**asdict(config), "splits": list(config.splits)},
+        "format": FORMAT, "encoder": config.encoder, "objective": config.objective_name,
+        "labels": labels_seen(pretext), "config": {**asdict(config), "splits": list(config.splits)},
         "lr": s.lr, "data": config.data, "manifest_id": manifest.manifest_id,
         "data_name": manifest.meta.get("name", manifest.path.parent.name), "clips": len(s.sampler.paths),
         "steps_per_epoch": s.sampler.steps_per_epoch, "step": s.step, "total_steps": s.total_steps,
@@ -353,7 +389,8 @@ def _save(s: Session) -> dict[str, Any]:
     weights = host_state_dict(s.encoder)
     atomic_torch_save(s.out / "encoder.pt", {"format": FORMAT, "encoder": weights,
                                              "encoder_name": config.encoder, "encoder_kwargs": config.encoder_kwargs,
-                                             "step": s.step, "manifest_id": manifest.manifest_id})
-    write_curve(s.out, s.rows, f"{config.encoder} pretraining on {summary['data_name']}")
+                                             "step": s.step, "manifest_id": manifest.manifest_id,
+                                             **objective_metadata(config, pretext)})
+    write_curve(s.out, s.rows, f"{describe_run(config)} pretraining on {summary['data_name']}")
     atomic_write_bytes(s.out / "pretrain.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary

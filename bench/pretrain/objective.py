@@ -31,6 +31,7 @@ it, so a CUDA run draws the same numbers as a CPU one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,8 +43,11 @@ from bench.data.manifest import Manifest
 from bench.errors import ConfigError
 from bench.registry import Encoder, _load_all
 
-__all__ = ["CropInfo", "Pretext", "hidden_parameter_names", "PretextContext", "register_pretext", "pretext_factory",
-           "pretext_version", "list_pretexts"]
+log = logging.getLogger("avbench.pretrain")
+
+__all__ = ["CropInfo", "Pretext", "hidden_parameter_names", "PretextContext", "ObjectiveNeeds", "register_objective",
+           "register_pretext", "objective_factory", "objective_version", "objective_needs", "resolve_objective",
+           "check_fits", "list_objectives", "pretext_factory", "pretext_version", "list_pretexts"]
 
 
 @dataclass
@@ -122,44 +126,183 @@ def hidden_parameter_names(module: nn.Module) -> list[str]:
     return [name for name, _ in nn.Module.named_parameters(module) if name not in shown]
 
 
-_PRETEXTS: dict[str, Callable[..., Pretext]] = {}
+@dataclass(frozen=True)
+class ObjectiveNeeds:
+    """What an objective asks of the encoder it trains and of the data (`avbench list --objectives`).
 
-
-_VERSIONS: dict[str, int] = {}
-
-
-def register_pretext(encoder_name: str, version: int = 1) -> Callable:
-    """Decorator: register the pretext factory `(encoder, context, **kw) -> Pretext` of an encoder.
-
-    `version` is the code version of the objective and its encoder: bump it when their maths
-    changes, so that checkpoints made by the old code are not taken for new ones (it is part of a
-    pretraining's identity, bench.pretrain.stage).
+    features     "frames": it reads the encoder's [B, T', dim] frames itself; "pooled": it pools them
+                 over time first (statistics pooling), so any frame rate fits
+    min_dim      the smallest encoder dimension it accepts
+    mouth_frames it reads the talking-mouth frames of each crop (manifest column `mouth_track`)
+    labels       it reads a label column of the manifest (supervised pretraining)
+    encoders     only these encoders, for objectives that reach into one architecture (APC's
+                 postnet, wav2vec's context network); None: any trainable encoder
+    frame_rate   only encoders at this frame rate (targets sliced on a fixed grid), or None
     """
 
+    features: str = "frames"
+    min_dim: int = 1
+    mouth_frames: bool = False
+    labels: bool = False
+    encoders: tuple[str, ...] | None = None
+    frame_rate: float | None = None
+
+    def misfits(self, encoder: Encoder) -> list[str]:
+        """Why `encoder` cannot be trained by this objective (empty when it can)."""
+        reasons = []
+        name = getattr(encoder, "name", type(encoder).__name__)
+        if self.encoders is not None and name not in self.encoders:
+            reasons.append(f"it trains only {', '.join(self.encoders)}")
+        if not getattr(encoder, "trainable", True):
+            reasons.append(f"{name} has no trainable parameters")
+        if getattr(encoder, "dim", 0) < self.min_dim:
+            reasons.append(f"it needs features of at least {self.min_dim} dimensions, {name} gives {encoder.dim}")
+        if self.frame_rate is not None and abs(float(encoder.frame_rate) - self.frame_rate) > 1e-6:
+            reasons.append(f"it needs frames at {self.frame_rate:g} Hz, {name} gives {encoder.frame_rate:g} Hz")
+        return reasons
+
+    def describe(self) -> str:
+        parts = [f"{self.features} features"]
+        if self.min_dim > 1:
+            parts.append(f"dim >= {self.min_dim}")
+        if self.frame_rate is not None:
+            parts.append(f"{self.frame_rate:g} Hz")
+        if self.mouth_frames:
+            parts.append("mouth frames")
+        if self.labels:
+            parts.append("labels")
+        return ", ".join(parts)
+
+
+_PRETEXTS: dict[str, Callable[..., Pretext]] = {}
+_VERSIONS: dict[str, int] = {}
+_NEEDS: dict[str, ObjectiveNeeds] = {}
+
+OBJECTIVE_ENTRY_POINT_GROUP = "avbench.objectives"
+# Modules of avbench's objectives that no encoder module imports.
+BUILTIN_OBJECTIVE_MODULES = ("objectives.contrastive", "objectives.dino", "objectives.supervised")
+_OBJECTIVES_LOADED = False
+
+
+def register_objective(name: str, version: int = 1, needs: ObjectiveNeeds | None = None) -> Callable:
+    """Decorator: register an objective factory `(encoder, context, **kw) -> Pretext` under `name`.
+
+    `version` is the code version of the objective: bump it when its maths changes, so that
+    checkpoints made by the old code are not taken for new ones (it is part of a pretraining's
+    identity, bench.pretrain.stage). `needs` says what it asks of the encoder and the data.
+    """
+    if ":" in name or "@" in name:
+        raise ConfigError(f"objective name {name!r} may not contain ':' or '@'")
+
     def wrap(factory: Callable[..., Pretext]) -> Callable[..., Pretext]:
-        existing = _PRETEXTS.get(encoder_name)
+        existing = _PRETEXTS.get(name)
         if existing is not None and existing is not factory:
-            raise ConfigError(f"pretext for {encoder_name!r} is registered twice ({existing} and {factory})")
-        _PRETEXTS[encoder_name] = factory
-        _VERSIONS[encoder_name] = int(version)
+            raise ConfigError(f"objective {name!r} is registered twice ({existing} and {factory})")
+        _PRETEXTS[name] = factory
+        _VERSIONS[name] = int(version)
+        _NEEDS[name] = needs or ObjectiveNeeds()
         return factory
 
     return wrap
 
 
-def pretext_version(encoder_name: str) -> int:
-    pretext_factory(encoder_name)  # the same error for an unknown name
-    return _VERSIONS[encoder_name]
+def register_pretext(encoder_name: str, version: int = 1, needs: ObjectiveNeeds | None = None) -> Callable:
+    """Decorator: register an encoder's own objective, named after the encoder and, unless `needs`
+    says otherwise, fitting only that encoder. It is what `avbench pretrain ENCODER` trains with
+    when no --objective is given."""
+    return register_objective(encoder_name, version, needs or ObjectiveNeeds(encoders=(encoder_name,)))
 
 
-def list_pretexts() -> list[str]:
-    _load_all()  # the built-in encoder modules also register their pretexts
+def _load_objectives() -> None:
+    """Import the encoders (whose modules register their own objectives), avbench's other
+    objectives, then the plugins of the entry-point group `avbench.objectives`."""
+    global _OBJECTIVES_LOADED
+    _load_all()
+    if _OBJECTIVES_LOADED:
+        return
+    import importlib
+    from importlib.metadata import entry_points
+
+    for module in BUILTIN_OBJECTIVE_MODULES:
+        importlib.import_module(module)
+    _OBJECTIVES_LOADED = True
+    for ep in entry_points(group=OBJECTIVE_ENTRY_POINT_GROUP):
+        if ep.name in _PRETEXTS:
+            log.warning("plugin objective %r (%s) ignored: the name is already registered", ep.name, ep.value)
+            continue
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plugin must not hide the built-in objectives
+            log.error("plugin objective %r (%s) failed to load: %s", ep.name, ep.value, exc)
+            continue
+        if ep.name not in _PRETEXTS:  # a factory the module did not register itself
+            register_objective(ep.name)(loaded)
+
+
+def list_objectives() -> list[str]:
+    _load_objectives()
     return sorted(_PRETEXTS)
 
 
+def list_pretexts() -> list[str]:
+    """The encoders' own objectives (one per pretrainable encoder)."""
+    _load_objectives()
+    return sorted(n for n, needs in _NEEDS.items() if needs.encoders is not None and n in needs.encoders)
+
+
+def objective_factory(name: str) -> Callable[..., Pretext]:
+    _load_objectives()
+    if name not in _PRETEXTS:
+        raise ConfigError(f"unknown objective {name!r}; registered: {', '.join(sorted(_PRETEXTS)) or 'none'}. "
+                          "See `avbench list --objectives`.")
+    return _PRETEXTS[name]
+
+
+def objective_version(name: str) -> int:
+    objective_factory(name)  # the same error for an unknown name
+    return _VERSIONS[name]
+
+
+def objective_needs(name: str) -> ObjectiveNeeds:
+    objective_factory(name)
+    return _NEEDS.get(name, ObjectiveNeeds())
+
+
+def own_objective(encoder_name: str) -> str | None:
+    """The objective an encoder trains with when none is named: the one registered under its name."""
+    _load_objectives()
+    return encoder_name if encoder_name in _PRETEXTS else None
+
+
+def resolve_objective(encoder_name: str, objective: str | None) -> str:
+    """The objective a pretraining of `encoder_name` uses: `objective`, else the encoder's own."""
+    if objective is not None:
+        objective_factory(objective)
+        return objective
+    own = own_objective(encoder_name)
+    if own is None:
+        raise ConfigError(f"encoder {encoder_name!r} has no objective of its own; choose one with --objective "
+                          f"(objective: in a sweep entry): {', '.join(list_objectives())}. See "
+                          "`avbench list --objectives`.")
+    return own
+
+
+def check_fits(objective: str, encoder: Encoder) -> None:
+    """Raise a ConfigError naming every reason why `objective` cannot train `encoder`."""
+    reasons = objective_needs(objective).misfits(encoder)
+    if reasons:
+        raise ConfigError(f"objective {objective!r} does not fit encoder {encoder.name!r}: {'; '.join(reasons)}. "
+                          "See `avbench list --objectives`.")
+
+
+# The names before objectives were separate from encoders: the encoder's own objective.
+def pretext_version(encoder_name: str) -> int:
+    return objective_version(encoder_name)
+
+
 def pretext_factory(encoder_name: str) -> Callable[..., Pretext]:
-    _load_all()
+    _load_objectives()
     if encoder_name not in _PRETEXTS:
         raise ConfigError(f"encoder {encoder_name!r} has no self-supervised objective; pretrainable: "
-                          f"{', '.join(sorted(_PRETEXTS)) or 'none'}.")
+                          f"{', '.join(list_pretexts()) or 'none'}.")
     return _PRETEXTS[encoder_name]

@@ -47,7 +47,7 @@ from bench.files import exclusive_lock, file_sha256
 from bench.paths import pretrained_dir
 from bench.pretrain.batches import steps_per_epoch
 from bench.pretrain.loop import PretrainConfig, pretrain
-from bench.pretrain.objective import pretext_version
+from bench.pretrain.objective import objective_version
 from bench.records import append_record, git_commit
 
 log = logging.getLogger("avbench.pretrain")
@@ -79,7 +79,7 @@ def pretraining_identity(config: PretrainConfig, manifest_id: str, total_steps: 
     settings = config.validated().identity()
     settings.pop("data")  # the manifest's content counts, not how it was named
     payload = {"format": IDENTITY_FORMAT, "settings": settings, "manifest_id": manifest_id,
-               "total_steps": int(total_steps), "objective_version": pretext_version(config.encoder)}
+               "total_steps": int(total_steps), "objective_version": objective_version(config.objective_name)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -185,7 +185,8 @@ def _record(identity: str, config: PretrainConfig, manifest, summary: dict, fold
     return {
         "kind": "pretraining", "status": "ok", "identity": identity, "encoder": config.encoder,
         "settings": {**config.identity(), "steps": config.steps, "epochs": config.epochs},
-        "objective_version": pretext_version(config.encoder), "manifest_id": manifest.manifest_id,
+        "objective": config.objective_name, "labels": summary.get("labels"),
+        "objective_version": objective_version(config.objective_name), "manifest_id": manifest.manifest_id,
         "data_name": summary.get("data_name"), "clips": summary.get("clips"), "step": summary.get("step"),
         "total_steps": summary.get("total_steps"), "seconds_this_call": round(seconds, 1),
         "seconds": summary.get("seconds"), "resumed": resumed, "final_loss": summary.get("final_loss"),
