@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.pretrain.objective import CropInfo, Pretext, PretextContext, register_pretext
+from bench.pretrain.objective import CropInfo, ObjectiveNeeds, Pretext, PretextContext, register_pretext
 from bench.registry import register_encoder
 from encoders.attribute_pretext import AttributePretext, attribute_pretext
 from encoders.resnet1d import HOP, STAGE_CHANNELS, ResNet1dEncoder
@@ -95,14 +95,19 @@ class JointPretext(Pretext):
                 "audio": self.audio.config(), "visual": self.visual.config()}
 
 
-register_pretext("av-audio")(attribute_pretext)
+def _own(name: str, mouth_frames: bool) -> ObjectiveNeeds:
+    """The audiovisual objectives slice their targets on the 25 Hz video grid."""
+    return ObjectiveNeeds(encoders=(name,), mouth_frames=mouth_frames, frame_rate=16_000 / HOP)
 
 
-@register_pretext("av-visual")
+register_pretext("av-audio", needs=_own("av-audio", False))(attribute_pretext)
+
+
+@register_pretext("av-visual", needs=_own("av-visual", True))
 def visual_pretext(encoder: nn.Module, context: PretextContext, **kwargs) -> VisualPretext:
     return VisualPretext(encoder, context, **kwargs)
 
 
-@register_pretext("av-joint")
+@register_pretext("av-joint", needs=_own("av-joint", True))
 def joint_pretext(encoder: nn.Module, context: PretextContext, **kwargs) -> JointPretext:
     return JointPretext(encoder, context, **kwargs)

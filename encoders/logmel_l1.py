@@ -38,7 +38,7 @@ from torch import nn
 from baselines.functional import length_mask
 from baselines.spectral import LogMel
 from bench.errors import ConfigError
-from bench.pretrain.objective import PretextContext, register_pretext
+from bench.pretrain.objective import ObjectiveNeeds, PretextContext, register_pretext
 from bench.registry import Encoder, register_encoder
 from encoders.visual import VisualPretext
 
@@ -114,7 +114,7 @@ class LogMelL1Encoder(Encoder):
                 "logmel": self.logmel.config()}
 
 
-@register_pretext("logmel-l1")
+@register_pretext("logmel-l1", needs=ObjectiveNeeds(encoders=("logmel-l1",), mouth_frames=True))
 def logmel_l1_pretext(encoder: LogMelL1Encoder, context: PretextContext, **kwargs) -> VisualPretext:
     """The L1 method: speech-driven mouth generation with an L1 loss (adversarial off unless asked)."""
     return VisualPretext(encoder, context, **kwargs)

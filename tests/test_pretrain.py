@@ -134,7 +134,7 @@ def test_pretrain_refuses_to_overwrite_and_checks_its_settings(toy_pretext, tiny
         _config(tiny_corpus, epochs=1.0).validated()
     with pytest.raises(ConfigError, match="splits"):
         _config(tiny_corpus, splits=("training",)).validated()
-    with pytest.raises(ConfigError, match="no self-supervised objective"):
+    with pytest.raises(ConfigError, match="no objective of its own"):
         pretrain(_config(tiny_corpus, encoder="mfcc39"), tmp_path / "mfcc", progress=False)
     assert pretrain(_config(tiny_corpus, steps=None, epochs=2.0), tmp_path / "ep", progress=False)["step"] == 18
 

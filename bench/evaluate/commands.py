@@ -10,8 +10,11 @@ from bench.arguments import add_device_option, add_precision_option, key_values
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    lst = sub.add_parser("list", help="every registered encoder with its dim, frame rate and size")
+    lst = sub.add_parser("list", help="every registered encoder with its dim, frame rate and size "
+                                      "(--objectives: every pretraining objective and the encoders it fits)")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lst.add_argument("--objectives", action="store_true",
+                     help="list the pretraining objectives, what each needs and which encoders it fits")
     lst.set_defaults(func=_cmd_list)
 
     run = sub.add_parser("run", help="one evaluation run of the shared BiGRU loop; appends a record")
@@ -50,6 +53,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     import json
 
     from bench.registry import count_parameters, create_encoder, encoder_entry, list_encoders
+
+    if args.objectives:
+        from bench.pretrain.commands import print_objectives
+
+        return print_objectives(as_json=args.json)
 
     rows = []
     for name in list_encoders():

@@ -33,6 +33,21 @@ def pretraining_identity(checkpoint: str | None) -> str | None:
     return path.parent.name if built and re.fullmatch(r"[0-9a-f]{16}", path.parent.name) else None
 
 
+def checkpoint_objective(checkpoint: str | None) -> dict[str, Any]:
+    """What trained a checkpoint, when `avbench pretrain --objective` named an objective other than
+    the encoder's own: {"pretraining_objective", "pretraining_labels"} (the label column a supervised
+    objective learned, else None). Empty for every other checkpoint, whose encoder says it."""
+    if not checkpoint or not Path(checkpoint).is_file():
+        return {}
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file avbench wrote: the encoder's loader reports it
+        return {}
+    if not isinstance(saved, dict) or not saved.get("objective"):
+        return {}
+    return {"pretraining_objective": str(saved["objective"]), "pretraining_labels": saved.get("labels")}
+
+
 def fold_metrics(fold_results: list[dict]) -> dict[str, float]:
     """Metrics averaged over folds, as SUPERB does for IEMOCAP's sessions (one fold: its own)."""
     return {name: round(float(np.mean([f["metrics"][name] for f in fold_results])), 6)
@@ -59,6 +74,7 @@ def build_record(config: RunConfig, *, chash: str, encoder_name: str, checkpoint
         "checkpoint_path": str(checkpoint) if checkpoint else None,
         "checkpoint_hash": ckpt_hash,
         "pretraining_identity": pretraining_identity(checkpoint),
+        **checkpoint_objective(checkpoint),
         "encoder_params": encoder_params,
         "task": config.task,
         "task_type": config.task_type,

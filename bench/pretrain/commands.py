@@ -80,3 +80,43 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"curve:   {Path(args.out) / 'loss.csv'} and loss.png")
     print(f"encoder: {config.encoder}@{Path(args.out) / 'encoder.pt'}")
     return 0
+
+
+def objective_rows() -> list[dict]:
+    """Every registered objective: what it needs, its version, and the encoders it fits (built once
+    each; families such as s3prl:<variant> are left out, they need a variant to build)."""
+    from bench.pretrain.objective import _PRETEXTS, list_objectives, objective_needs, objective_version
+    from bench.registry import create_encoder, encoder_entry, list_encoders
+
+    encoders = {}
+    for name in list_encoders():
+        if encoder_entry(name).family:
+            continue
+        try:
+            encoders[name] = create_encoder(name)
+        except Exception:  # a broken encoder fits nothing; `avbench list` says why
+            continue
+    rows = []
+    for name in list_objectives():
+        needs = objective_needs(name)
+        doc = (_PRETEXTS[name].__doc__ or "").strip().splitlines()
+        rows.append({"objective": name, "version": objective_version(name), "needs": needs.describe(),
+                     "own_objective_of": [e for e in (needs.encoders or ()) if e == name],
+                     "fits": [e for e, enc in encoders.items() if not needs.misfits(enc)],
+                     "doc": doc[0] if doc else ""})
+    return rows
+
+
+def print_objectives(as_json: bool = False) -> int:
+    import json
+
+    rows = objective_rows()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'objective':<16} {'needs':<38} fits")
+    for r in rows:
+        print(f"{r['objective']:<16} {r['needs']:<38} {', '.join(r['fits']) or 'no registered encoder'}")
+    print("\nThe default objective of `avbench pretrain ENCODER` is the one named after the encoder; "
+          "choose another with --objective.")
+    return 0

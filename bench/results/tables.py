@@ -25,11 +25,14 @@ from typing import Any, NamedTuple
 from bench.errors import ConfigError
 from bench.results import stats
 
-GROUPS = ("proposed", "self-supervised", "hand-crafted", "supervised", "other")
+GROUPS = ("proposed", "self-supervised", "speaker self-supervised", "hand-crafted", "supervised", "other")
 PROPOSED = ("av-joint", "av-audio", "av-visual")  # preference order when av-joint is absent
 SELF_SUPERVISED = ("logmel-l1", "pase+", "apc", "wav2vec", "wav2vec_large")
 HAND_CRAFTED = ("mfcc39", "logmel")
 SUPERVISED = ("resnet18-scratch",)
+# Objectives not tied to an encoder (objectives/): a checkpoint they trained is grouped by them.
+SPEAKER_SELF_SUPERVISED = ("simclr", "moco", "dino")
+SUPERVISED_OBJECTIVES = ("supervised",)
 MODES = ("frozen", "finetune", "scratch")
 # Config fields that place a run inside a table (row, column, seed, task) or do not change its
 # training (eval_tasks: extra test sets; budget_steps: in the record's budget); the rest is protocol.
@@ -61,7 +64,15 @@ TASK_METRICS = {"words": ("accuracy",), "speaker-id": ("accuracy",),
                 "speaker-verification": ("eer", "min_dcf"), "emotion": ("accuracy", "uar")}
 
 
-def group_of(encoder_name: str, mode: str) -> str:
+def group_of(encoder_name: str, mode: str, objective: str | None = None) -> str:
+    """The row group: by the objective that pretrained the checkpoint when a record names one
+    (`pretraining_objective`), else by the encoder, whose name says how it was trained."""
+    if objective in SUPERVISED_OBJECTIVES:
+        return "supervised"
+    if objective in SPEAKER_SELF_SUPERVISED:
+        return "speaker self-supervised"
+    if objective is not None:
+        encoder_name = objective
     if mode == "scratch" or encoder_name in SUPERVISED:
         return "supervised"
     if encoder_name in PROPOSED:
@@ -69,6 +80,17 @@ def group_of(encoder_name: str, mode: str) -> str:
     if encoder_name in SELF_SUPERVISED or encoder_name.startswith("s3prl:"):
         return "self-supervised"
     return "hand-crafted" if encoder_name in HAND_CRAFTED else "other"
+
+
+def display_name(record: dict[str, Any]) -> str:
+    """A row's name: NAME@HASH8, or NAME+OBJECTIVE@HASH8 for a checkpoint that an objective other
+    than the encoder's own trained (NAME+supervised[speaker]@HASH8 names the labels it saw)."""
+    objective = record.get("pretraining_objective")
+    if not objective:
+        return record["encoder"]
+    name, _, checkpoint = record["encoder"].partition("@")
+    labels = record.get("pretraining_labels")
+    return f"{name}+{objective}" + (f"[{labels}]" if labels else "") + (f"@{checkpoint}" if checkpoint else "")
 
 
 @dataclass(frozen=True)
@@ -220,7 +242,8 @@ def collect(records: list[dict[str, Any]], source: str) -> tuple[list[Table], di
         table = tables.setdefault(key, Table(TableKey(*key)))
         mode, name = r["mode"], r.get("encoder_name") or r["encoder"].split("@")[0]
         encoder_lr = None if mode == "frozen" else config.get("encoder_lr")
-        row = Row(group_of(name, mode), r["encoder"], name, mode, encoder_lr,
+        objective = r.get("pretraining_objective")
+        row = Row(group_of(name, mode, objective), display_name(r), name, mode, encoder_lr,
                   json.dumps(config.get("encoder_kwargs") or {}, sort_keys=True))
         column = (True, float(r["k_shot"])) if r.get("k_shot") else (False, float(r["label_fraction"]))
         seeds = table.runs.setdefault(row, {}).setdefault(column, {})

@@ -3,7 +3,10 @@ that use them, and which checkpoints must be built before the runs that evaluate
 
     pretraining:
       av-joint-b8:                    # the entry's name, used as av-joint@pretrained:av-joint-b8
-        encoder: av-joint             # the encoder; it trains with its own objective
+        encoder: av-joint             # the encoder
+        objective: av-joint           # default: the encoder's own; any that fits it (simclr, dino,
+                                      #   supervised, ...: `avbench list --objectives`)
+        label_column: speaker         # what a supervised objective learns (label, speaker, emotion)
         data: embedded:default        # a data spec, as `avbench pretrain --data`
         splits: [train]               # default [train]: test speakers stay unseen
         steps: 400                    # the budget: steps, or epochs (passes over the clips)
@@ -47,14 +50,16 @@ ENTRY_KEYS = {"encoder": "encoder", "data": "data", "splits": "splits", "steps":
               "batch_size": "batch_size", "crop_seconds": "crop_seconds", "lr": "lr", "seed": "seed",
               "max_grad_norm": "max_grad_norm", "encoder_args": "encoder_kwargs",
               "pretext_args": "pretext_kwargs", "precision": "precision", "save_every": "save_every",
-              "log_every": "log_every", "objective": None, "description": None}
+              "log_every": "log_every", "objective": "objective", "label_column": None,
+              "description": None}
 STAGE_DEFAULTS = {"save_every": 50, "log_every": 5}
 
 
 def parse_entries(raw: Any, path: Path) -> dict[str, Any]:
     """`pretraining:` -> {entry name: PretrainConfig}, every key and value checked."""
     from bench.pretrain.loop import PretrainConfig
-    from bench.pretrain.objective import pretext_version
+    from bench.pretrain.objective import check_fits
+    from bench.registry import create_encoder
 
     if raw is None:
         return {}
@@ -74,16 +79,20 @@ def parse_entries(raw: Any, path: Path) -> dict[str, Any]:
         missing = [k for k in ("encoder", "data") if k not in entry]
         if missing:
             raise ConfigError(f"{where}: give {' and '.join(missing)}.")
-        objective = entry.get("objective", entry["encoder"])
-        if objective != entry["encoder"]:
-            raise ConfigError(f"{where}: objective {objective!r} differs from encoder {entry['encoder']!r}; each "
-                              "encoder trains with its own objective here (drop `objective`).")
         splits = entry.get("splits", ["train"])
         settings = {field: entry[key] for key, field in ENTRY_KEYS.items() if field and key in entry}
         settings["splits"] = tuple(splits.split(",") if isinstance(splits, str) else splits)
+        if "label_column" in entry:
+            pretext = dict(settings.get("pretext_kwargs") or {})
+            if pretext.get("label_column", entry["label_column"]) != entry["label_column"]:
+                raise ConfigError(f"{where}: label_column and pretext_args.label_column disagree; give one.")
+            settings["pretext_kwargs"] = {**pretext, "label_column": entry["label_column"]}
         try:
-            pretext_version(str(entry["encoder"]))  # an encoder without an objective fails here, by name
-            entries[str(name)] = PretrainConfig(**{**STAGE_DEFAULTS, "loader_workers": None, **settings}).validated()
+            # An unknown objective, or an encoder with no objective of its own and none named, fails here.
+            config = PretrainConfig(**{**STAGE_DEFAULTS, "loader_workers": None, **settings}).validated()
+            # Found now, not when the stage starts hours into the sweep.
+            check_fits(config.objective_name, create_encoder(config.encoder, **config.encoder_kwargs))
+            entries[str(name)] = config
         except (ConfigError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
     return entries
@@ -144,7 +153,9 @@ class Stage:
         return list(dict.fromkeys(r["checkpoint_hash"] for r in reversed(self.records) if r.get("checkpoint_hash")))
 
     def label(self) -> str:
-        return (f"pretraining {self.name}: {self.config.encoder} on {self.config.data}, {self.total_steps} steps of "
+        from bench.pretrain.loop import describe_run
+
+        return (f"pretraining {self.name}: {describe_run(self.config)} on {self.config.data}, {self.total_steps} steps of "
                 f"batch {self.config.batch_size} (identity {self.identity})")
 
     def job(self, index: int, count: int) -> dict:
