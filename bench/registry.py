@@ -139,19 +139,33 @@ def _load_all() -> None:
         importlib.import_module(module)
     # Set only after the built-ins imported: a failed import must fail again, not empty the registry.
     _LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            log.warning("plugin encoder %r (%s) ignored: the name is already registered by %s",
-                        ep.name, ep.value, _REGISTRY[ep.name].source)
-            continue
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plugin must not hide the built-in encoders
-            log.error("plugin encoder %r (%s) failed to load: %s", ep.name, ep.value, exc)
-            continue
+    def registered_by(name: str) -> str | None:
+        return _REGISTRY[name].source if name in _REGISTRY else None
+
+    for ep, obj in load_plugins(ENTRY_POINT_GROUP, "encoder", registered_by):
         dist = getattr(ep, "dist", None)
         _REGISTRY[ep.name] = EncoderEntry(name=ep.name, factory=obj,
                                           source=f"plugin {dist.name if dist else ep.value}")
+
+
+def load_plugins(group: str, kind: str, registered_by: Callable[[str], str | None]):
+    """Yield (entry point, loaded object) for each plugin of `group` whose name is free.
+
+    A name already registered (`registered_by(name)` says by what) is skipped with a warning, and a
+    plugin that fails to import is logged and skipped: a broken plugin must not hide the built-ins.
+    """
+    for ep in entry_points(group=group):
+        owner = registered_by(ep.name)
+        if owner:
+            log.warning("plugin %s %r (%s) ignored: the name is already registered by %s", kind, ep.name,
+                        ep.value, owner)
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            log.error("plugin %s %r (%s) failed to load: %s", kind, ep.name, ep.value, exc)
+            continue
+        yield ep, obj
 
 
 def import_plugin(module_or_file: str) -> None:

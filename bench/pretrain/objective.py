@@ -1,19 +1,29 @@
-"""The self-supervised pretraining contract: a pretext is an objective wrapped around an encoder.
+"""The pretraining contract: an objective wraps an encoder in a pretext that the loop trains.
 
 A pretext is an `nn.Module` that holds the encoder it trains as `self.encoder`, plus whatever heads
-its objective needs (APC's postnet, wav2vec's step projections, PASE+'s workers). Its forward takes
-a batch of raw 16 kHz waveforms and returns a dict of scalar tensors with a "loss" entry to
-minimise. Every other entry is logged to loss.csv as it is; those named "loss_<part>" (e.g. one
-per PASE+ worker) are parts of the loss and are plotted beside it, the rest are metrics.
+its objective needs (APC's postnet, wav2vec's step projections, PASE+'s workers, DINO's teacher).
+Its forward takes a batch of raw 16 kHz waveforms and returns a dict of scalar tensors with a
+"loss" entry to minimise. Every other entry is logged to loss.csv as it is; those named
+"loss_<part>" (e.g. one per PASE+ worker) are parts of the loss and are plotted beside it, the
+rest are metrics (DINO's teacher entropies, a supervised objective's accuracy).
 
-    @register_pretext("apc")
-    def apc_pretext(encoder: APC, context: PretextContext, n_ahead: int = 3) -> Pretext: ...
+Objectives are registered apart from encoders, with what they need of the encoder and the data:
 
-The name is the encoder's registry name, so `avbench pretrain apc --data MANIFEST` builds
-`create_encoder("apc")` and then its pretext. Randomness inside a pretext (negative sampling,
-online contamination) must draw from torch's global generator or from `context.generator`: the
-pretraining loop seeds both and saves their state in every checkpoint, so that a resumed run
-continues with exactly the numbers an uninterrupted one would have drawn.
+    @register_objective("dino", needs=ObjectiveNeeds(features="pooled"))
+    def dino(encoder: Encoder, context: PretextContext, **kw) -> Pretext: ...
+
+so that any objective trains any encoder it fits: `avbench pretrain resnet18 --objective dino`.
+An encoder's own objective is registered under the encoder's name with `register_pretext(NAME)`
+(it fits that encoder only), and `avbench pretrain NAME` with no --objective trains with it, so
+commands, records and checkpoint identities from before objectives were separate stay valid.
+Third-party packages add objectives through the entry-point group `avbench.objectives`
+(`name = "package.module:factory"`); `avbench list --objectives` shows which encoders each fits.
+
+Randomness inside a pretext (negative sampling, segments, online contamination) must draw from
+torch's global generator or from `context.generator`: the pretraining loop seeds both and saves
+their state in every checkpoint, so that a resumed run continues with exactly the numbers an
+uninterrupted one would have drawn. State an objective keeps across steps (a momentum teacher, a
+queue of keys, DINO's center) must live in its parameters and buffers, which every checkpoint saves.
 
 Objectives that need more than the waveform (mouth frames, per-clip targets cached once) get
 `info`, a `CropInfo` saying which manifest row each crop came from and where it starts, and
@@ -41,7 +51,7 @@ from torch import nn
 
 from bench.data.manifest import Manifest
 from bench.errors import ConfigError
-from bench.registry import Encoder, _load_all
+from bench.registry import Encoder, _load_all, load_plugins
 
 log = logging.getLogger("avbench.pretrain")
 
@@ -221,21 +231,15 @@ def _load_objectives() -> None:
     if _OBJECTIVES_LOADED:
         return
     import importlib
-    from importlib.metadata import entry_points
 
     for module in BUILTIN_OBJECTIVE_MODULES:
         importlib.import_module(module)
     _OBJECTIVES_LOADED = True
-    for ep in entry_points(group=OBJECTIVE_ENTRY_POINT_GROUP):
-        if ep.name in _PRETEXTS:
-            log.warning("plugin objective %r (%s) ignored: the name is already registered", ep.name, ep.value)
-            continue
-        try:
-            loaded = ep.load()
-        except Exception as exc:  # a broken plugin must not hide the built-in objectives
-            log.error("plugin objective %r (%s) failed to load: %s", ep.name, ep.value, exc)
-            continue
-        if ep.name not in _PRETEXTS:  # a factory the module did not register itself
+    def registered_by(name: str) -> str | None:
+        return getattr(_PRETEXTS[name], "__module__", "?") if name in _PRETEXTS else None
+
+    for ep, loaded in load_plugins(OBJECTIVE_ENTRY_POINT_GROUP, "objective", registered_by):
+        if ep.name not in _PRETEXTS:  # a factory its module did not register itself
             register_objective(ep.name)(loaded)
 
 

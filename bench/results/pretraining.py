@@ -54,6 +54,16 @@ def budget_text(record: dict[str, Any]) -> str:
     return text
 
 
+def trained_text(record: dict[str, Any]) -> str:
+    """`apc`, or `resnet18 + supervised (labels: speaker)` when an objective other than the
+    encoder's own trained it (records from before objectives were separate name none)."""
+    encoder, objective = record.get("encoder"), record.get("objective")
+    if not objective or objective == encoder:
+        return str(encoder)
+    labels = record.get("labels")
+    return f"{encoder} + {objective}" + (f" (labels: {labels})" if labels else "")
+
+
 def wall_text(record: dict[str, Any]) -> str:
     """`370 s on cpu, fp32`: the build's total training wall time (all its calls) and where it ran."""
     seconds = record.get("seconds")
@@ -98,13 +108,13 @@ def render_pretraining(pretraining: list[dict[str, Any]], records: list[dict[str
               "checkpoint (pretraining identity), from its latest successful record; its loss curve and frame "
               "grids are kept beside the records, the checkpoints stay out of git. Wall: the build's training "
               "time, all its calls. Evaluated by: the tabled run records whose `checkpoint_hash` is the "
-              "checkpoint's (or whose `pretraining_identity` is its identity).\n\n| name | identity | encoder | "
+              "checkpoint's (or whose `pretraining_identity` is its identity).\n\n| name | identity | encoder + objective | "
               "data | budget | wall | final loss | checkpoint | evaluated by | files |\n"
               "|---|---|---|---|---|---|---|---|---|---|\n")
     for build, count in builds:
         final = build.get("final_loss")
         out.write(f"| {build.get('name') or '—'} | `{build['identity']}`{f' ({count} records)' if count > 1 else ''} "
-                  f"| {build.get('encoder')} | {build.get('data_name')} (manifest {build.get('manifest_id', '?')}) "
+                  f"| {trained_text(build)} | {build.get('data_name')} (manifest {build.get('manifest_id', '?')}) "
                   f"| {budget_text(build)} | {wall_text(build)} | {'—' if final is None else f'{final:.4g}'} "
                   f"| `{checkpoint_hash(build) or '?'}` | {evaluated_by(build, records)} record(s) "
                   f"| {_files(build, records_dir, out_dir)} |\n")
