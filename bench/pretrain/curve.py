@@ -28,16 +28,28 @@ def write_curve(out: Path, rows: list[dict[str, Any]], title: str) -> None:
     import matplotlib.pyplot as plt
 
     losses = [c for c in columns if c == "loss" or c.startswith("loss_")]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    # The objective's other logged quantities (DINO's teacher entropies, accuracies) get a panel of
+    # their own below the losses: they are on other scales.
+    metrics = [c for c in columns if c not in losses and c not in ("step", "epoch")]
+    fig, axes = plt.subplots(2 if metrics else 1, 1, figsize=(7, 6.5 if metrics else 4), dpi=100, sharex=True,
+                             squeeze=False)
     steps = [r["step"] for r in rows]
+    ax = axes[0][0]
     for c in losses:
         ax.plot(steps, [r.get(c, float("nan")) for r in rows], label=c, linewidth=1.5 if c == "loss" else 0.8)
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (mean over logging window)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(losses) > 1:
         ax.legend(fontsize=7, ncol=2)
+    if metrics:
+        low = axes[1][0]
+        for c in metrics:
+            low.plot(steps, [r.get(c, float("nan")) for r in rows], label=c, linewidth=1.0)
+        low.set_ylabel("logged metrics")
+        low.grid(alpha=0.3)
+        low.legend(fontsize=7, ncol=2)
+    axes[-1][0].set_xlabel("optimizer step")
     png = io.BytesIO()
     fig.tight_layout()
     fig.savefig(png, format="png")
