@@ -9,7 +9,8 @@ Meant to finish within 8 minutes on one GPU. Sections, each timed against a budg
      device (max relative difference of the two loss curves), and one mfcc39 frozen run on each
      (test accuracies, max abs difference of the per-epoch train losses); PASS or FAIL against the
      printed tolerances. With --device cpu both runs are CPU runs: a determinism check;
-  d. throughput, in --precision: every pretext (bench.pretrain.objective.list_pretexts) for a few
+  d. throughput, in --precision: every pretext (bench.pretrain.objective.list_pretexts, and the
+     objectives apart from encoders on resnet18, OBJECTIVE_PAIRS) for a few
      optimizer steps after warm-up on batches made beforehand (the loop's step alone; how fast the
      in-process loader makes them is printed beside it), and the forward pass of every encoder that
      builds without a checkpoint on 1 s clips, in clips/s; achieved GFLOP/s (FLOPs counted by
@@ -89,7 +90,14 @@ TINY_KWARGS: dict[str, tuple[dict, dict]] = {
     "wav2vec": (SMALL_WAV2VEC, {}),
     "wav2vec_large": (SMALL_WAV2VEC, {}),
     "resnet18-scratch": (SMALL_RESNET, {}),
+    "resnet18": (SMALL_RESNET, {}),
+    "resnet18+simclr": (SMALL_RESNET, {"hidden_dim": 32, "output_dim": 16}),
+    "resnet18+moco": (SMALL_RESNET, {"hidden_dim": 32, "output_dim": 16, "queue_size": 16}),
+    "resnet18+dino": (SMALL_RESNET, {"hidden_dim": 32, "bottleneck_dim": 16, "output_dim": 64}),
+    "resnet18+supervised": (SMALL_RESNET, {"label_column": "speaker"}),
 }
+# Objectives apart from encoders, measured on the encoder the reference sweep trains them on.
+OBJECTIVE_PAIRS = ("resnet18+simclr", "resnet18+moco", "resnet18+dino", "resnet18+supervised")
 
 
 @dataclass(frozen=True)
@@ -324,8 +332,12 @@ def count_flops(run) -> float:
 
 def pretrain_rate(s: Settings, name: str, batch: int, warmup: int, repeat: int) -> dict:
     enc_kw, pre_kw = kwargs_for(name, s.tiny)
-    config = PretrainConfig(encoder=name, data=str(s.corpus), steps=warmup + repeat, batch_size=batch,
-                            encoder_kwargs=enc_kw, pretext_kwargs=pre_kw, precision=s.precision)
+    encoder, _, objective = name.partition("+")  # ENCODER+OBJECTIVE, or an encoder with its own
+    if objective == "supervised" and not s.tiny:
+        pre_kw = {"label_column": "speaker", **pre_kw}
+    config = PretrainConfig(encoder=encoder, objective=objective or None, data=str(s.corpus),
+                            steps=warmup + repeat, batch_size=batch, encoder_kwargs=enc_kw, pretext_kwargs=pre_kw,
+                            precision=s.precision)
     session = start_session(config, s.out / "throughput" / name, Distributed(s.device), s.device, progress=False)
     made = StepBatches(session.sampler, slice(0, batch), session.pretext.crop_reader())
     start = time.perf_counter()
@@ -372,11 +384,12 @@ def throughput_section(s: Settings, figures: dict, peaks: dict, report: Report) 
         print(f"{kind:8s} {name:18s} {rate['clips_per_s']:9.1f} clips/s  {rate['gflops']:9.1f} GFLOP/s ({share})"
               + extra, flush=True)
 
-    kinds = (("pretrain", list_pretexts(), pretrain_rate), ("forward", list_encoders(), forward_rate))
+    kinds = (("pretrain", list_pretexts() + list(OBJECTIVE_PAIRS), pretrain_rate),
+             ("forward", list_encoders(), forward_rate))
     for kind, names, measure in kinds:
         figures[kind], skipped = {}, {}
         for name in names:
-            if encoder_entry(name).family:
+            if encoder_entry(name.partition("+")[0]).family:
                 skipped[name] = "a family: its members are other toolkits' checkpoints"
                 continue
             try:
