@@ -91,13 +91,13 @@ TINY_KWARGS: dict[str, tuple[dict, dict]] = {
     "wav2vec_large": (SMALL_WAV2VEC, {}),
     "resnet18-scratch": (SMALL_RESNET, {}),
     "resnet18": (SMALL_RESNET, {}),
-    "resnet18+simclr": (SMALL_RESNET, {"hidden_dim": 32, "output_dim": 16}),
-    "resnet18+moco": (SMALL_RESNET, {"hidden_dim": 32, "output_dim": 16, "queue_size": 16}),
-    "resnet18+dino": (SMALL_RESNET, {"hidden_dim": 32, "bottleneck_dim": 16, "output_dim": 64}),
-    "resnet18+supervised": (SMALL_RESNET, {"label_column": "speaker"}),
+    "resnet18/simclr": (SMALL_RESNET, {"hidden_dim": 32, "output_dim": 16}),
+    "resnet18/moco": (SMALL_RESNET, {"hidden_dim": 32, "output_dim": 16, "queue_size": 16}),
+    "resnet18/dino": (SMALL_RESNET, {"hidden_dim": 32, "bottleneck_dim": 16, "output_dim": 64}),
+    "resnet18/supervised": (SMALL_RESNET, {"label_column": "speaker"}),
 }
 # Objectives apart from encoders, measured on the encoder the reference sweep trains them on.
-OBJECTIVE_PAIRS = ("resnet18+simclr", "resnet18+moco", "resnet18+dino", "resnet18+supervised")
+OBJECTIVE_PAIRS = ("resnet18/simclr", "resnet18/moco", "resnet18/dino", "resnet18/supervised")
 
 
 @dataclass(frozen=True)
@@ -332,7 +332,7 @@ def count_flops(run) -> float:
 
 def pretrain_rate(s: Settings, name: str, batch: int, warmup: int, repeat: int) -> dict:
     enc_kw, pre_kw = kwargs_for(name, s.tiny)
-    encoder, _, objective = name.partition("+")  # ENCODER+OBJECTIVE, or an encoder with its own
+    encoder, _, objective = name.partition("/")  # ENCODER/OBJECTIVE, or an encoder with its own
     if objective == "supervised" and not s.tiny:
         pre_kw = {"label_column": "speaker", **pre_kw}
     config = PretrainConfig(encoder=encoder, objective=objective or None, data=str(s.corpus),
@@ -389,7 +389,7 @@ def throughput_section(s: Settings, figures: dict, peaks: dict, report: Report) 
     for kind, names, measure in kinds:
         figures[kind], skipped = {}, {}
         for name in names:
-            if encoder_entry(name.partition("+")[0]).family:
+            if encoder_entry(name.partition("/")[0]).family:
                 skipped[name] = "a family: its members are other toolkits' checkpoints"
                 continue
             try:

@@ -28,7 +28,7 @@ def test_the_gpu_check_runs_every_section_on_the_cpu_and_parity_passes(tmp_path)
     assert len(checks) == 3 and all(c["pass"] for c in checks)
     assert len(sections["parity"]["pretrain"]["cpu"]) == 20
     throughput = sections["throughput"]
-    assert {"av-joint", "apc", "wav2vec", "pase+", "resnet18+dino", "resnet18+supervised"} <= set(throughput["pretrain"])
+    assert {"av-joint", "apc", "wav2vec", "pase+", "resnet18/dino", "resnet18/supervised"} <= set(throughput["pretrain"])
     assert all(r["clips_per_s"] > 0 and r["gflops"] > 0 for r in throughput["pretrain"].values())
     assert "mfcc39" in throughput["forward"] and "s3prl" in throughput["forward_skipped"]
     assert sections["matmul"]["gflops"]["fp32"] > 0 and sections["matmul"]["gflops"]["bf16"] > 0
