@@ -53,7 +53,28 @@ def _cmd_corpus_check(args: argparse.Namespace) -> int:
     print("nearest-centroid word accuracy on mean MFCC-13, train -> test speakers "
           f"(chance {1 / words:.3f}): whole clip {nearest_centroid_accuracy(corpus):.3f}, "
           f"speech span {nearest_centroid_accuracy(corpus, speech_only=True):.3f}")
+    if args.realism_clips > 0:
+        _realism(corpus, args.realism_clips)
     return 0
+
+
+def _realism(corpus, clips: int) -> None:
+    """Print the realism report and keep its figures in the corpus's manifest.json ("realism"); the
+    manifest id hashes manifest.csv only, so records and caches of the corpus stay valid."""
+    import json
+
+    from bench.data.audio import TARGET_SAMPLE_RATE
+    from bench.data.corpus.realism import embedded_clean_sample, realism_report, report_text
+    from bench.data.manifest import META_NAME
+    from bench.files import atomic_write_bytes
+
+    report = realism_report(embedded_clean_sample(corpus, clips=clips), sample_rate=TARGET_SAMPLE_RATE)
+    print(report_text(report))
+    meta_path = corpus.path / META_NAME
+    meta = json.loads(meta_path.read_text())
+    meta["realism"] = report.to_dict()
+    atomic_write_bytes(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    print(f"realism figures written to {meta_path} (key 'realism')")
 
 
 def _cmd_prepare_spc(args: argparse.Namespace) -> int:
@@ -139,6 +160,9 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
                        help="corpus folder, manifest, or size name (default: default)")
     check.add_argument("--max-clips", type=int, default=2000,
                        help="clips sampled for the correlation (default 2000)")
+    check.add_argument("--realism-clips", dest="realism_clips", type=int, default=240,
+                       help="clips whose clean speech is re-synthesised for the realism report (LTASS and F0 "
+                            "against published values; about 0.2 s of CPU each); 0 skips it (default 240)")
     check.set_defaults(func=_cmd_corpus_check)
 
 

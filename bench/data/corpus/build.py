@@ -43,7 +43,7 @@ STRESS_OPENING_GAIN = {"ˈ": 1.15, "ˌ": 1.0, "": 0.9}
 _SYNTH = None
 
 
-def _fresh_process_pool(workers: int) -> ProcessPoolExecutor:
+def fresh_process_pool(workers: int) -> ProcessPoolExecutor:
     """A pool that runs every task in a new process forked from a clean template.
 
     libespeak-ng carries hidden state from one utterance to the next (its output for the same
@@ -108,8 +108,10 @@ def _clip_rng(config: CorpusConfig, *ids: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([config.seed, *ids]))
 
 
-def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: int, rendition: int,
-               babble_speakers: list[Speaker]) -> tuple[np.ndarray, np.ndarray, dict]:
+def _clean_utterance(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: int,
+                     rendition: int) -> tuple[_Rendered, str, np.random.Generator]:
+    """The clip's dry speech (before level, room, noise), its style, and the clip's generator
+    positioned after the draws that made them (the rest of the clip draws from it)."""
     rng = _clip_rng(config, spk_idx, word_idx, rendition)
     word = config.word_list[word_idx]
     style_name = str(rng.choice(list(STYLES)))
@@ -121,6 +123,26 @@ def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: i
         rate=int(round(speaker.rate * style.rate * rng.uniform(0.93, 1.07))),
         noise_seed=_noise_seed(config.seed, spk_idx, word_idx, rendition),
     )
+    return rendered, style_name, rng
+
+
+def render_clean(task: tuple) -> list[tuple[str, np.ndarray]]:
+    """Worker task: the dry 16 kHz speech of (speaker index, word index, rendition) items of a
+    corpus, with each speaker's gender (the realism report reads these, bench.data.corpus.realism)."""
+    global _SYNTH
+    config, items = task
+    if _SYNTH is None:  # called in this process rather than in a pool's worker
+        from bench.data.corpus.espeak import Synthesizer
+
+        _SYNTH = Synthesizer()
+    speakers = make_speakers(config.speakers, config.seed)
+    return [(speakers[s].gender, _clean_utterance(config, speakers[s], s, w, r)[0].audio) for s, w, r in items]
+
+
+def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: int, rendition: int,
+               babble_speakers: list[Speaker]) -> tuple[np.ndarray, np.ndarray, dict]:
+    rendered, style_name, rng = _clean_utterance(config, speaker, spk_idx, word_idx, rendition)
+    style = STYLES[style_name]
     n = int(round(config.clip_seconds * TARGET_SAMPLE_RATE))
     speech = rendered.audio
     trimmed = len(speech) > n
@@ -242,7 +264,7 @@ def build_corpus(config: CorpusConfig, out_root: Path | None = None, workers: in
     tasks = [(config, s, i, splits[s.speaker], babble_speakers, partial) for i, s in enumerate(speakers)]
     rows: list[dict] = []
     try:
-        with _fresh_process_pool(workers) as pool:
+        with fresh_process_pool(workers) as pool:
             noise_job = pool.submit(_build_noise_bank, (config, babble_speakers, partial))
             jobs = [pool.submit(_build_speaker, task) for task in tasks]
             total = config.speakers * config.words * config.renditions

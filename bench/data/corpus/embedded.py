@@ -118,6 +118,15 @@ class EmbeddedCorpus:
         speakers = pd.read_csv(path / "speakers.csv", dtype={"speaker": str})
         return cls(path=path, manifest=manifest, speakers=speakers)
 
+    @cached_property
+    def config(self) -> CorpusConfig:
+        """The config the corpus was built from (manifest.json), lists turned back into tuples."""
+        meta = self.manifest.meta.get("config")
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{self.path / 'manifest.json'} has no 'config': rebuild the corpus with "
+                              "`avbench corpus build`")
+        return CorpusConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()})
+
     def face(self, speaker: str):
         from bench.data.corpus.mouth import FaceIdentity
 
