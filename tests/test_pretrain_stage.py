@@ -93,3 +93,27 @@ def test_the_weights_digest_ignores_what_is_saved_around_the_tensors(tmp_path):
         torch.save({"encoder": state, "note": f"run {i}"}, tmp_path / f"{i}.pt")
     assert (tmp_path / "0.pt").read_bytes() != (tmp_path / "1.pt").read_bytes()
     assert weights_sha256(tmp_path / "0.pt") == weights_sha256(tmp_path / "1.pt") == state_digest(state)
+
+
+def test_a_second_build_of_one_identity_keeps_the_first_builds_curves(tiny_corpus, own_data, tmp_path,
+                                                                      monkeypatch):
+    """The same identity built on another machine (here: another data folder and another seed's
+    curve standing in for another machine's floating point) gets a curves folder of its own."""
+    from bench.pretrain.stage import record_build, resolve_identity
+
+    records = tmp_path / "results" / "pretraining.jsonl"
+    config = _config(str(tiny_corpus.manifest.path))
+    first = ensure_pretrained(config, device="cpu", records=records, progress=False)
+    kept = records.parent / "pretraining" / first.identity
+    first_curve = (kept / "loss.csv").read_bytes()
+    monkeypatch.setenv("AVBENCH_DATA", str(tmp_path / "other-machine"))
+    other = pretrained_dir(first.identity)
+    pretrain(_config(str(tiny_corpus.manifest.path), seed=1), other, progress=False, device="cpu")
+    summary = json.loads((other / "pretrain.json").read_text())
+    again = record_build(records, first.identity, config, resolve_identity(config).manifest, summary, other, 1.0,
+                         False, "rebuilt")
+    assert (kept / "loss.csv").read_bytes() == first_curve
+    assert again["files"] == f"pretraining/{first.identity}-{again['checkpoint_hash']}"
+    assert (records.parent / again["files"] / "loss.csv").read_bytes() == (other / "loss.csv").read_bytes()
+    assert [json.loads(line)["files"] for line in records.read_text().splitlines()] == [
+        f"pretraining/{first.identity}", again["files"]]

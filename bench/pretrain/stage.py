@@ -155,25 +155,43 @@ def ensure_pretrained(config: PretrainConfig, *, device: str = "auto", records: 
         started = time.time()
         summary = pretrain(config, folder, resume=resume, progress=progress, device=device)
         if records is not None:
-            record = _record(identity, config, resolved.manifest, summary, folder, time.time() - started, resume)
-            append_record(records, {**record, "name": name, "files": _keep_curves(folder, Path(records), identity)})
+            record_build(records, identity, config, resolved.manifest, summary, folder, time.time() - started,
+                         resume, name)
         return Pretrained(identity, folder, True, summary)
+
+
+def record_build(records: str | Path, identity: str, config: PretrainConfig, manifest, summary: dict,
+                 folder: Path, seconds: float, resumed: bool, name: str | None) -> dict:
+    """Append the pretraining record of the build in `folder` (with its curves kept beside the
+    records) and return it."""
+    record = _record(identity, config, manifest, summary, folder, seconds, resumed)
+    record = {**record, "name": name,
+              "files": _keep_curves(folder, Path(records), identity, record["checkpoint_hash"])}
+    append_record(records, record)
+    return record
 
 
 KEPT_FILES = ("pretrain.json", "loss.csv", "loss.png", "visual_generation.txt")
 
 
-def _keep_curves(folder: Path, records: Path, identity: str) -> str:
+def _keep_curves(folder: Path, records: Path, identity: str, checkpoint_hash: str) -> str:
     """Copy the build's summary, loss curve and frame grids beside the records (the checkpoints stay
-    in the data folder, out of git); return that folder relative to the records' folder."""
+    in the data folder, out of git); return that folder relative to the records' folder.
+
+    The folder is named by the identity. When it already holds another build's curves (the same
+    identity built again, e.g. on another machine, whose floating point gives other weights), this
+    build's go to IDENTITY-CHECKPOINT_HASH instead, so no record loses its curves."""
     import shutil
 
     kept = records.parent / "pretraining" / identity
+    earlier = kept / "loss.csv"
+    if earlier.is_file() and earlier.read_bytes() != (folder / "loss.csv").read_bytes():
+        kept = kept.with_name(f"{identity}-{checkpoint_hash}")
     kept.mkdir(parents=True, exist_ok=True)
     for path in sorted(folder.iterdir()):
         if path.name in KEPT_FILES or (path.name.startswith("frames-") and path.suffix == ".png"):
             shutil.copyfile(path, kept / path.name)
-    return f"pretraining/{identity}"
+    return f"pretraining/{kept.name}"
 
 
 def _record(identity: str, config: PretrainConfig, manifest, summary: dict, folder: Path, seconds: float,
