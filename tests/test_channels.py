@@ -98,3 +98,25 @@ def test_the_mix_draws_each_family_at_its_share():
     assert share(lambda c: c.codec in ("mp3", "opus", "aac")) == pytest.approx(mix.microphone_codec, abs=0.025)
     with pytest.raises(ConfigError, match="sum to 1"):
         draw_channel(rng, ChannelMix(clean=0.5))
+
+
+def test_a_corpus_built_with_channels_names_each_clips_channel_and_others_keep_their_ids(tmp_path, capsys):
+    from bench.cli import main
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig
+
+    tiny = dict(speakers=8, words=3, renditions=2)
+    plain = CorpusConfig.from_size("small", **tiny)
+    # A corpus built before channels existed has channels "none": its identity, so its id, is unchanged.
+    assert "channels" not in plain.identity()
+    with_channels = CorpusConfig.from_size("small", channels="default", **tiny)
+    assert with_channels.corpus_id != plain.corpus_id
+    with pytest.raises(ConfigError, match="unknown channel mix 'radio'"):
+        CorpusConfig.from_size("small", channels="radio", **tiny)
+    assert main(["--quiet", "corpus", "build", "--size", "small", "--speakers", "8", "--words", "3", "--renditions", "2",
+                 "--channels", "default", "--workers", "1", "--out", str(tmp_path)]) == 0
+    assert "channel:  mix default: clean" in capsys.readouterr().out
+    corpus = build_corpus(with_channels, out_root=tmp_path, progress=False)  # reused, not rebuilt
+    table = corpus.manifest.table
+    assert table["channel"].notna().all() and (table["channel"] != "clean").any()
+    assert corpus.config.channels == "default"

@@ -24,7 +24,7 @@ def _cmd_corpus_build(args: argparse.Namespace) -> int:
     from bench.data.corpus.build import build_corpus
     from bench.data.corpus.embedded import CorpusConfig, summary_text
 
-    overrides = {k: getattr(args, k) for k in ("speakers", "words", "renditions", "seed", "reverb_prob")
+    overrides = {k: getattr(args, k) for k in ("speakers", "words", "renditions", "seed", "reverb_prob", "channels")
                  if getattr(args, k) is not None}
     config = CorpusConfig.from_size(args.size, **overrides)
     corpus = build_corpus(config, out_root=args.out, workers=args.workers, force=args.force,
@@ -147,6 +147,9 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, help="random seed (default 0)")
     build.add_argument("--reverb-prob", dest="reverb_prob", type=float,
                        help="probability that a clip gets synthetic reverberation")
+    build.add_argument("--channels", choices=("none", "default"), default=None,
+                       help="recording channel mix applied after room and noise (microphones, telephone band, "
+                            "codecs, AGC; bench/data/corpus/channels.py); default none, the clean 16 kHz channel")
     build.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     build.add_argument("--out", type=Path, default=None, help="parent folder (default $AVBENCH_DATA/corpora)")
     build.add_argument("--force", action="store_true", help="rebuild even if this corpus id exists")

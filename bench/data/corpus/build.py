@@ -29,10 +29,13 @@ import soundfile as sf
 
 from bench.data.audio import TARGET_SAMPLE_RATE, resample
 from bench.data.corpus import acoustics
+from bench.data.corpus.channels import CHANNEL_MIXES, apply_channel, draw_channel
 from bench.data.corpus.embedded import GENERATOR_VERSION, CorpusConfig, EmbeddedCorpus, corpus_path
 from bench.data.corpus.speakers import STYLES, Speaker, assign_splits, make_speakers
 from bench.data.corpus.visemes import VIDEO_FPS, articulation_track
 from bench.data.manifest import MANIFEST_NAME, write_manifest
+
+CHANNEL_STREAM = 0xC4A7  # the extra seed word of each clip's channel draws
 
 # Opening gain by espeak stress mark: primary, secondary, unstressed.
 STRESS_OPENING_GAIN = {"ˈ": 1.15, "ˌ": 1.0, "": 0.9}
@@ -179,6 +182,12 @@ def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: i
     peak = float(np.max(np.abs(clip)))
     if peak > 0.99:
         clip *= 0.99 / peak
+    channel = None
+    if CHANNEL_MIXES[config.channels] is not None:
+        # Its own random stream: the draws above, and so the corpora built before channels, stay.
+        channel = draw_channel(_clip_rng(config, spk_idx, word_idx, rendition, CHANNEL_STREAM),
+                               CHANNEL_MIXES[config.channels])
+        clip = apply_channel(clip, channel)
 
     shift = offset / TARGET_SAMPLE_RATE
     # Louder styles open the jaw wider (about 5% per dB), stressed syllables more than unstressed.
@@ -191,6 +200,8 @@ def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: i
             "start": round(lo / TARGET_SAMPLE_RATE, 4),
             "end": round(min(lo + len(speech), n) / TARGET_SAMPLE_RATE, 4),
             "phonemes": " ".join(p[0] for p in rendered.phonemes)}
+    if channel is not None:
+        info["channel"] = channel.name
     return clip, track, info
 
 

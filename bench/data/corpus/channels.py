@@ -80,6 +80,7 @@ class ChannelMix:
 
 
 CHANNEL_MIX = ChannelMix()
+CHANNEL_MIXES: dict[str, ChannelMix | None] = {"none": None, "default": CHANNEL_MIX}
 
 
 @dataclass

@@ -54,6 +54,9 @@ class CorpusConfig:
     level_dbfs: tuple[float, float] = (-14.0, -4.0)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_bank_seconds: float = 10.0
+    # The recording channel mix (bench.data.corpus.channels.CHANNEL_MIXES): "none" is the perfect
+    # 16 kHz channel every corpus built so far has.
+    channels: str = "none"
     size: str = field(default="custom", compare=False)
 
     @classmethod
@@ -72,6 +75,10 @@ class CorpusConfig:
             raise ConfigError(f"renditions must be at least 1, got {self.renditions}")
         if not 0.0 <= self.reverb_prob <= 1.0:
             raise ConfigError(f"reverb_prob must be in [0, 1], got {self.reverb_prob}")
+        from bench.data.corpus.channels import CHANNEL_MIXES
+
+        if self.channels not in CHANNEL_MIXES:
+            raise ConfigError(f"unknown channel mix {self.channels!r}; choose one of {', '.join(CHANNEL_MIXES)}")
         unknown = set(self.noise_types) - set(acoustics.COLOURED_NOISE_BETA) - {"babble"}
         if unknown:
             raise ConfigError(f"unknown noise type(s) {sorted(unknown)}; use white, pink, brown, babble")
@@ -80,6 +87,8 @@ class CorpusConfig:
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("size")
+        if d["channels"] == "none":  # as before channels existed: those corpora keep their ids
+            d.pop("channels")
         return d
 
     @property
@@ -186,6 +195,12 @@ def summary_text(corpus: EmbeddedCorpus) -> str:
     lines.append(f"noise:    SNR {meta['config']['snr_db'][0]:g}-{meta['config']['snr_db'][1]:g} dB "
                  f"({', '.join(meta['config']['noise_types'])}); reverb on "
                  f"{int((table['reverb_rt60'] > 0).sum())} clips; {meta.get('trimmed_clips', 0)} clips trimmed to 1 s")
+    if "channel" in table:
+        channel = table["channel"].astype(str)
+        families = {"clean": channel == "clean", "telephone": channel.str.contains("telephone"),
+                    "coded": channel.str.contains(r"mp3|opus|aac|amr|mu-law"), "agc": channel.str.contains("agc")}
+        lines.append(f"channel:  mix {meta['config'].get('channels')}: " + ", ".join(
+            f"{name} {int(mask.sum())}" for name, mask in families.items()) + f" of {len(table)} clips")
     lines.append("video:    25 fps mouth tracks, frames rendered on demand (64x64)")
     lines.append(f"built in {meta.get('build_seconds')} s with {meta.get('workers')} worker(s)")
     lines.append(f"path:     {corpus.path}")
