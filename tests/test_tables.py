@@ -136,6 +136,11 @@ def test_old_records_without_new_fields_still_render():
     # An unset new setting and an absent one are the same protocol: one table, not two.
     new = make_record("apc", config_extra={"budget_steps": None, "eval_tasks": [], "label_map": None})
     assert len(collect(records + [new], "x")[0]) == 1
+    # Records gained `precision` later; fp32, its default, is what the older ones ran at.
+    fp32 = make_record("pase+", config_extra={"precision": "fp32"})
+    assert len(collect(records + [new, fp32], "x")[0]) == 1
+    bf16 = make_record("wav2vec", config_extra={"precision": "bf16"})
+    assert len(collect(records + [fp32, bf16], "x")[0]) == 2
 
 
 def test_runs_under_another_protocol_or_corpus_never_share_a_table():

@@ -229,12 +229,16 @@ def collect(records: list[dict[str, Any]], source: str) -> tuple[list[Table], di
                               f"known: {', '.join(TASK_METRICS)}.")
         summary["superseded"] += r["config_hash"] in latest
         latest[r["config_hash"]] = r
+    from bench.evaluate.identity import LATER_SETTINGS
+
     tables: dict[tuple, Table] = {}
     for r in latest.values():
         config = r["config"]
         budget = r.get("budget") or {"unit": "epochs", "value": config.get("epochs")}
-        # An unset setting (None, empty) equals one absent from older records.
-        protocol = {k: v for k, v in config.items() if k not in NOT_PROTOCOL and v not in (None, [], {}, ())}
+        # An unset setting (None, empty), or one at the default it had before it existed (precision
+        # fp32), equals one absent from older records.
+        protocol = {k: v for k, v in config.items() if k not in NOT_PROTOCOL and v not in (None, [], {}, ())
+                    and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
         protocol.update(budget_unit=budget["unit"], budget_value=budget["value"])
         corpus = r.get("task_name_eval") or r.get("task_name", "")  # a cross-dataset record's own test corpus
         key = (r.get("eval_task") or r["task"], r.get("train_task") or r["task"], corpus,
