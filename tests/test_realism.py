@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.data.corpus.realism import (BYRNE_1994_LTASS_DB, F0_NORMS_HZ, LTASS_CENTRES_HZ, band_edges,
+from bench.data.corpus.realism import (BYRNE_1994_LTASS_DB, F0_NORMS_HZ, LTASS_CENTRES_HZ, band_edges, clip_items,
                                        f0_deviation, long_term_power_spectrum,
                                        ltass_deviation, realism_report, third_octave_levels, usable_bands)
 
@@ -81,9 +81,7 @@ def test_clean_speech_is_the_speech_inside_the_corpus_clip(small_corpus):
     config = small_corpus.config
     from bench.data.corpus.build import render_clean
 
-    items = [(int(r.speaker.removeprefix("spk")), config.word_list.index(r.label), int(r.rendition))
-             for r in clean_rows.itertuples()]
-    rendered = render_clean((config, items))
+    rendered = render_clean((config, clip_items(config, clean_rows)))
     for (gender, speech), row in zip(rendered, clean_rows.itertuples()):
         assert gender == row.gender
         clip, sr = sf.read(small_corpus.manifest.resolve(row.audio_path), dtype="float32")

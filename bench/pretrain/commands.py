@@ -48,14 +48,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from bench.paths import data_dir
-    from bench.errors import ConfigError
-    from bench.pretrain.loop import PretrainConfig, describe_run, pretrain
+    from bench.pretrain.loop import PretrainConfig, describe_run, pretrain, with_label_column
 
-    pretext_kwargs = key_values(args.pretext_arg, "--pretext-arg")
-    if args.label_column is not None:
-        if "label_column" in pretext_kwargs and pretext_kwargs["label_column"] != args.label_column:
-            raise ConfigError("--label-column and --pretext-arg label_column=... disagree; give one.")
-        pretext_kwargs["label_column"] = args.label_column
+    pretext_kwargs = with_label_column(key_values(args.pretext_arg, "--pretext-arg"), args.label_column,
+                                       ("--label-column", "--pretext-arg label_column=..."))
     config = PretrainConfig(
         encoder=args.name, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
         crop_seconds=args.crop_seconds, lr=args.lr, seed=args.seed, splits=tuple(args.splits.split(",")),
@@ -101,7 +97,7 @@ def objective_rows() -> list[dict]:
         needs = objective_needs(name)
         doc = (_PRETEXTS[name].__doc__ or "").strip().splitlines()
         rows.append({"objective": name, "version": objective_version(name), "needs": needs.describe(),
-                     "own_objective_of": [e for e in (needs.encoders or ()) if e == name],
+                     "own_objective_of": [name] if name in (needs.encoders or ()) else [],
                      "fits": [e for e, enc in encoders.items() if not needs.misfits(enc)],
                      "doc": doc[0] if doc else ""})
     return rows

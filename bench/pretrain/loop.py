@@ -320,6 +320,17 @@ def train_step(s: Session, model: torch.nn.Module, wav: torch.Tensor, lengths: t
     return losses
 
 
+def with_label_column(pretext_kwargs: dict | None, label_column: str | None, names: tuple[str, str]) -> dict:
+    """`pretext_kwargs` with the label column a supervised objective learns set from its own option;
+    `names` spell the two places it can be given, for the error when they disagree."""
+    pretext_kwargs = dict(pretext_kwargs or {})
+    if label_column is None:
+        return pretext_kwargs
+    if pretext_kwargs.get("label_column", label_column) != label_column:
+        raise ConfigError(f"{names[0]} and {names[1]} disagree; give one.")
+    return {**pretext_kwargs, "label_column": label_column}
+
+
 def describe_run(config: PretrainConfig) -> str:
     """`apc`, or `resnet18 + dino` when the objective is not the encoder's own."""
     return config.encoder if config.objective is None else f"{config.encoder} + {config.objective}"

@@ -57,7 +57,7 @@ STAGE_DEFAULTS = {"save_every": 50, "log_every": 5}
 
 def parse_entries(raw: Any, path: Path) -> dict[str, Any]:
     """`pretraining:` -> {entry name: PretrainConfig}, every key and value checked."""
-    from bench.pretrain.loop import PretrainConfig
+    from bench.pretrain.loop import PretrainConfig, with_label_column
     from bench.pretrain.objective import check_fits
     from bench.registry import create_encoder
 
@@ -82,12 +82,10 @@ def parse_entries(raw: Any, path: Path) -> dict[str, Any]:
         splits = entry.get("splits", ["train"])
         settings = {field: entry[key] for key, field in ENTRY_KEYS.items() if field and key in entry}
         settings["splits"] = tuple(splits.split(",") if isinstance(splits, str) else splits)
-        if "label_column" in entry:
-            pretext = dict(settings.get("pretext_kwargs") or {})
-            if pretext.get("label_column", entry["label_column"]) != entry["label_column"]:
-                raise ConfigError(f"{where}: label_column and pretext_args.label_column disagree; give one.")
-            settings["pretext_kwargs"] = {**pretext, "label_column": entry["label_column"]}
         try:
+            if "label_column" in entry:
+                settings["pretext_kwargs"] = with_label_column(
+                    settings.get("pretext_kwargs"), entry["label_column"], ("label_column", "pretext_args.label_column"))
             # An unknown objective, or an encoder with no objective of its own and none named, fails here.
             config = PretrainConfig(**{**STAGE_DEFAULTS, "loader_workers": None, **settings}).validated()
             # Found now, not when the stage starts hours into the sweep.

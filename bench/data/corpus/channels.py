@@ -196,8 +196,7 @@ def codec_round_trip(wav: np.ndarray, codec: str, bit_rate: int | None = None, r
     with av.open(buf, mode="w", format=container) as out:
         stream = out.add_stream(encoder, rate=rate)
         stream.layout = "mono"
-        if bit_rate or rates:
-            stream.bit_rate = int(bit_rate or rates[0])
+        stream.bit_rate = int(bit_rate or rates[0])
         to_encoder = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
         pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)[None, :]
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.corpus import acoustics
+from bench.data.corpus.channels import CHANNEL_MIXES, CODECS
 from bench.data.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, summarize
 from bench.data.prepare.spc import V001_WORDS
 from bench.errors import ConfigError
@@ -75,8 +77,6 @@ class CorpusConfig:
             raise ConfigError(f"renditions must be at least 1, got {self.renditions}")
         if not 0.0 <= self.reverb_prob <= 1.0:
             raise ConfigError(f"reverb_prob must be in [0, 1], got {self.reverb_prob}")
-        from bench.data.corpus.channels import CHANNEL_MIXES
-
         if self.channels not in CHANNEL_MIXES:
             raise ConfigError(f"unknown channel mix {self.channels!r}; choose one of {', '.join(CHANNEL_MIXES)}")
         unknown = set(self.noise_types) - set(acoustics.COLOURED_NOISE_BETA) - {"babble"}
@@ -198,7 +198,7 @@ def summary_text(corpus: EmbeddedCorpus) -> str:
     if "channel" in table:
         channel = table["channel"].astype(str)
         families = {"clean": channel == "clean", "telephone": channel.str.contains("telephone"),
-                    "coded": channel.str.contains(r"mp3|opus|aac|amr|mu-law"), "agc": channel.str.contains("agc")}
+                    "coded": channel.str.contains("|".join(map(re.escape, CODECS))), "agc": channel.str.contains("agc")}
         lines.append(f"channel:  mix {meta['config'].get('channels')}: " + ", ".join(
             f"{name} {int(mask.sum())}" for name, mask in families.items()) + f" of {len(table)} clips")
     lines.append("video:    25 fps mouth tracks, frames rendered on demand (64x64)")

@@ -185,6 +185,13 @@ def report_text(report: RealismReport) -> str:
     return "\n".join(lines)
 
 
+def clip_items(config, rows) -> list[tuple[int, int, int]]:
+    """The build's (speaker index, word index, rendition) of each manifest row (speakers are named
+    spkNNN by their index, bench.data.corpus.speakers.make_speakers)."""
+    return [(int(str(row.speaker).removeprefix("spk")), config.word_list.index(row.label), int(row.rendition))
+            for row in rows.itertuples(index=False)]
+
+
 def embedded_clean_sample(corpus, clips: int = 240, seed: int = 0,
                           workers: int | None = None) -> list[tuple[str, np.ndarray]]:
     """The dry speech of `clips` clips of a built embedded corpus, drawn at random (seeded), each
@@ -197,9 +204,7 @@ def embedded_clean_sample(corpus, clips: int = 240, seed: int = 0,
 
     config = corpus.config
     table = corpus.manifest.table
-    sample = table.sample(n=min(clips, len(table)), random_state=seed)
-    items = [(int(str(row.speaker).removeprefix("spk")), config.word_list.index(row.label), int(row.rendition))
-             for row in sample.itertuples(index=False)]
+    items = clip_items(config, table.sample(n=min(clips, len(table)), random_state=seed))
     workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
     chunks = [items[k::workers] for k in range(workers)]
     with fresh_process_pool(workers) as pool:
