@@ -19,7 +19,7 @@ from bench.results import commands as results_commands
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from bench.results.write import write_tables
-    from bench.sweep.config import load_sweep
+    from bench.sweep.config import load_sweep, select_encoders
     from bench.sweep.cost import dry_run_report
     from bench.sweep.executors import LocalExecutor, RayExecutor
     from bench.sweep.run import run_sweep
@@ -28,6 +28,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a sweep asked to run on a GPU stops here when there is none
     sweep = load_sweep(args.config)
+    if args.encoders:
+        sweep = select_encoders(sweep, args.encoders)
     if args.records is not None:
         sweep.records = args.records
     if args.dry_run:
@@ -75,6 +77,9 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("config", type=Path)
     sweep.add_argument("--records", type=Path, default=None, help="override the config's records path")
     sweep.add_argument("--force", action="store_true", help="re-run recorded configs")
+    sweep.add_argument("--encoders", type=lambda s: [n.strip() for n in s.split(",") if n.strip()], default=None,
+                       help="run only these of the config's encoders (comma-separated base names, e.g. "
+                            "mfcc39,logmel,av-joint) and the pretraining they need; the rest stays to run later")
     sweep.add_argument("--dry-run", action="store_true",
                        help="count recorded, failed and remaining runs, estimate the cost, and exit")
     sweep.add_argument("--executor", choices=("local", "ray"), default="local",

@@ -100,16 +100,15 @@ def test_the_mix_draws_each_family_at_its_share():
         draw_channel(rng, ChannelMix(clean=0.5))
 
 
-def test_a_corpus_built_with_channels_names_each_clips_channel_and_others_keep_their_ids(tmp_path, capsys):
+def test_a_corpus_built_with_channels_names_each_clips_channel(tmp_path, capsys):
     from bench.cli import main
     from bench.data.corpus.build import build_corpus
     from bench.data.corpus.embedded import CorpusConfig
 
     tiny = dict(speakers=8, words=3, renditions=2)
-    plain = CorpusConfig.from_size("small", **tiny)
-    # A corpus built before channels existed has channels "none": its identity, so its id, is unchanged.
-    assert "channels" not in plain.identity()
+    plain = CorpusConfig.from_size("small", channels="none", **tiny)
     with_channels = CorpusConfig.from_size("small", channels="default", **tiny)
+    assert CorpusConfig.from_size("small", **tiny) == with_channels  # channels are on by default
     assert with_channels.corpus_id != plain.corpus_id
     with pytest.raises(ConfigError, match="unknown channel mix 'radio'"):
         CorpusConfig.from_size("small", channels="radio", **tiny)

@@ -25,11 +25,10 @@ TINY = dict(speakers=4, words=3, renditions=1)
 @pytest.fixture(scope="module")
 def synth():
     # libespeak-ng keeps global state: one instance for the whole test process.
-    from bench.data.corpus import build
+    from bench.data.corpus import engines
 
-    if build._SYNTH is None:
-        build._init_worker()
-    return build._SYNTH
+    engines.start("espeak")
+    return engines._SYNTH
 
 
 def test_every_phoneme_of_every_accent_has_a_viseme(synth):

@@ -57,3 +57,44 @@ def test_prosody_stretches_duration_and_shifts_pitch(synth):
 def test_an_unknown_voice_is_refused_by_name(synth):
     with pytest.raises(flite.FliteError, match="unknown Flite voice 'kal8'.*slt"):
         synth.set_voice("kal8")
+
+
+def test_phones_carry_the_lexicons_stress(synth):
+    synth.set_voice("rms")
+    synth.set_prosody()
+    phones = synth.synth("marvin").phonemes
+    assert [p.symbol for p in phones] == ["m", "ɑ", "ɹ", "v", "ɪ", "n"]
+    assert [p.stress for p in phones] == ["ˈ", "ˈ", "ˈ", "", "", ""]  # MAR-vin: the first syllable
+
+
+# The second corpus, built with Flite (bench.data.corpus.embedded.PRESETS["flite"]).
+TINY = dict(speakers=4, words=3, renditions=1)
+
+
+def test_the_flite_preset_is_another_dataset_with_the_same_words():
+    from bench.data.corpus.embedded import CorpusConfig
+
+    espeak, other = CorpusConfig.from_size("small"), CorpusConfig.from_spec("embedded-flite:small")
+    assert (other.engine, other.channels, other.seed) == ("flite", "mobile", 1)
+    assert (espeak.engine, espeak.channels, espeak.seed) == ("espeak", "default", 0)
+    assert other.word_list == espeak.word_list and other.speakers == espeak.speakers
+    assert other.corpus_id != espeak.corpus_id
+    assert CorpusConfig.from_spec("embedded:small") == espeak == CorpusConfig.from_spec("small")
+
+
+def test_a_flite_corpus_is_byte_identical_whatever_the_workers(tmp_path):
+    import hashlib
+
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig
+
+    config = CorpusConfig.from_size("small", preset="flite", **TINY)
+    built = [build_corpus(config, out_root=tmp_path / str(w), workers=w, progress=False) for w in (1, 2)]
+    digests = [{str(p.relative_to(c.path)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(c.path.rglob("*")) if p.suffix in {".wav", ".npy", ".csv"}} for c in built]
+    assert len(digests[0]) == 2 * 12 + 4 + 2 and digests[0] == digests[1]
+    speakers = built[0].speakers
+    assert set(speakers["variant"]) <= set(flite.FLITE_VOICES)
+    assert (speakers[speakers["gender"] == "female"]["variant"] == "slt").all()
+    table = built[0].manifest.table
+    assert "channel" in table and table["channel"].notna().all()

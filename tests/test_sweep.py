@@ -436,3 +436,18 @@ def test_the_sidecar_keeps_the_runs_of_earlier_stages_of_a_sweep(tmp_path):
     entry = json.loads(sidecar_path(tmp_path / "runs.jsonl").read_text())["grown"]
     assert entry["config_hashes"] == ["aaa", "bbb"] and entry["description"] == "more seeds"
     assert entry["config"] == "grown.yaml"
+
+
+def test_encoders_option_runs_a_part_of_the_grid_with_only_the_pretraining_it_needs():
+    from bench.sweep.config import select_encoders
+
+    sweep = load_sweep(ROOT / "configs" / "cross-corpus.yaml")
+    assert len(sweep.runs) == 10 * 2 and len(sweep.pretraining) == 7  # every reference encoder, both directions
+    part = select_encoders(load_sweep(ROOT / "configs" / "cross-corpus.yaml"), ["mfcc39", "av-joint"])
+    assert sorted({r.encoder for r in part.runs}) == ["av-joint@pretrained:av-joint-b8", "mfcc39"]
+    assert [(r.task, tuple(r.eval_tasks)) for r in part.runs if r.encoder == "mfcc39"] == [
+        ("embedded:default[rendition=0]", ("embedded:default[rendition=0]", "embedded-flite:default[rendition=0]")),
+        ("embedded-flite:default[rendition=0]", ("embedded:default[rendition=0]", "embedded-flite:default[rendition=0]"))]
+    assert list(part.pretraining) == ["av-joint-b8"]
+    with pytest.raises(ConfigError, match=r"--encoders names hubert, which this sweep does not run; its encoders are apc, "):
+        select_encoders(load_sweep(ROOT / "configs" / "cross-corpus.yaml"), ["hubert"])

@@ -26,7 +26,7 @@ def _cmd_corpus_build(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("speakers", "words", "renditions", "seed", "reverb_prob", "channels")
                  if getattr(args, k) is not None}
-    config = CorpusConfig.from_size(args.size, **overrides)
+    config = CorpusConfig.from_size(args.size, preset=args.engine, **overrides)
     corpus = build_corpus(config, out_root=args.out, workers=args.workers, force=args.force,
                           progress=not args.quiet)
     print(summary_text(corpus))
@@ -147,20 +147,29 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, help="random seed (default 0)")
     build.add_argument("--reverb-prob", dest="reverb_prob", type=float,
                        help="probability that a clip gets synthetic reverberation")
-    build.add_argument("--channels", choices=("none", "default"), default=None,
+    build.add_argument("--engine", choices=("espeak", "flite"), default="espeak",
+                       help="voice engine and the corpus preset that goes with it: espeak (the default corpus) "
+                            "or flite, the second corpus for cross-dataset tests (CMU Flite's voices, seed 1, "
+                            "the mobile channel mix; needs `apt-get install flite1-dev`); --seed and --channels "
+                            "override the preset")
+    build.add_argument("--channels", choices=("none", "default", "mobile"), default=None,
                        help="recording channel mix applied after room and noise (microphones, telephone band, "
-                            "codecs, AGC; bench/data/corpus/channels.py); default none, the clean 16 kHz channel")
+                            "codecs, AGC; bench/data/corpus/channels.py): default (the espeak corpus's), mobile "
+                            "(the flite corpus's: fewer clean clips, more codecs and telephone), or none (a "
+                            "perfect 16 kHz channel)")
     build.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     build.add_argument("--out", type=Path, default=None, help="parent folder (default $AVBENCH_DATA/corpora)")
     build.add_argument("--force", action="store_true", help="rebuild even if this corpus id exists")
     build.set_defaults(func=_cmd_corpus_build)
     info = corpus_sub.add_parser("info", help="print the summary of a built corpus")
     info.add_argument("path", nargs="?", default="default",
-                      help="corpus folder, manifest, or size name (default: default)")
+                      help="corpus folder, manifest, size name, or corpus spec such as embedded-flite:small "
+                           "(default: default)")
     info.set_defaults(func=_cmd_corpus_info)
     check = corpus_sub.add_parser("check", help="data sanity figures: mouth/audio correlation, word separability")
     check.add_argument("path", nargs="?", default="default",
-                       help="corpus folder, manifest, or size name (default: default)")
+                       help="corpus folder, manifest, size name, or corpus spec such as embedded-flite:small "
+                           "(default: default)")
     check.add_argument("--max-clips", type=int, default=2000,
                        help="clips sampled for the correlation (default 2000)")
     check.add_argument("--realism-clips", dest="realism_clips", type=int, default=240,

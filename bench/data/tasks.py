@@ -2,6 +2,8 @@
 
 Accepted specs:
   embedded[:small|default|large]   the embedded corpus, built on first use;
+  embedded-flite[:SIZE]            the second embedded corpus (Flite voices, another channel mix and
+                                   seed: bench.data.corpus.embedded.PRESETS), for cross-dataset tests;
   PATH                             a manifest.csv, or a folder holding one;
   NAME                             a prepared real corpus under $AVBENCH_DATA/prepared/NAME
                                    (e.g. spc-v0.01, lrw), written by `avbench prepare`;
@@ -42,12 +44,11 @@ def resolve_task(spec: str, progress: bool = True) -> Manifest:
     base, conditions = split_subset(spec)
     if conditions:
         return _subset(resolve_task(base, progress), base, conditions)
-    if spec == "embedded" or spec.startswith("embedded:"):
+    if spec == "embedded" or spec.startswith("embedded:") or (spec.startswith("embedded-") and not Path(spec).exists()):
         from bench.data.corpus.build import build_corpus
         from bench.data.corpus.embedded import CorpusConfig
 
-        size = spec.partition(":")[2] or "default"
-        corpus = build_corpus(CorpusConfig.from_size(size), progress=progress)
+        corpus = build_corpus(CorpusConfig.from_spec(spec), progress=progress)
         return corpus.manifest
     path = Path(spec).expanduser()
     if path.is_file() or (path / MANIFEST_NAME).is_file():
@@ -55,7 +56,7 @@ def resolve_task(spec: str, progress: bool = True) -> Manifest:
     if (prepared_dir(spec) / MANIFEST_NAME).is_file():
         return read_manifest(prepared_dir(spec))
     raise ConfigError(f"task {spec!r}: not a manifest file or folder, and no prepared corpus of that name "
-                      f"under {prepared_dir(spec).parent}. Use embedded[:small|default|large], a manifest "
+                      f"under {prepared_dir(spec).parent}. Use embedded[:small|default|large], embedded-flite[:SIZE], a manifest "
                       "path, or prepare the corpus first (`avbench prepare spc|lrw PATH`).")
 
 

@@ -186,3 +186,20 @@ def _has_parameters(encoder: str, train: dict) -> bool:
         return count_parameters(create_encoder(split_spec(encoder)[0], **(train.get("encoder_kwargs") or {}))) > 0
     except Exception:  # noqa: BLE001 - any failure to build it is reported by its runs
         return True
+
+
+def select_encoders(sweep: Sweep, names: list[str]) -> Sweep:
+    """Keep the runs of these encoders (base names, as in `av-joint@pretrained:ENTRY` -> av-joint) and
+    the pretraining entries they evaluate: a part of a grid, run now, recorded like the whole."""
+    from bench.sweep.pretraining import entry_of
+
+    present = sorted({run.encoder.partition("@")[0] for run in sweep.runs})
+    unknown = [n for n in names if n not in present]
+    if unknown:
+        raise ConfigError(f"{sweep.source}: --encoders names {', '.join(unknown)}, which this sweep does not run; "
+                          f"its encoders are {', '.join(present)}")
+    runs = [run for run in sweep.runs if run.encoder.partition("@")[0] in names]
+    entries = {entry_of(run.encoder) for run in runs}
+    sweep.runs = runs
+    sweep.pretraining = {name: config for name, config in sweep.pretraining.items() if name in entries}
+    return sweep

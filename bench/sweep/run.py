@@ -91,8 +91,10 @@ def write_sidecar(sweep: Sweep, plan: list[PlannedRun], stages: list[Stage] = ()
         earlier = set(entries.get(sweep.name, {}).get("config_hashes", []))
         entries[sweep.name] = {"config": str(source), "description": sweep.description,
                                "deviations_from_paper": sweep.deviations,
-                               "pretraining": {s.name: {"identity": s.identity, "total_steps": s.total_steps,
-                                                        **s.config.identity()} for s in stages if not s.problem},
+                               # Merged too: a sweep run in parts (`--encoders`) keeps every part's entries.
+                               "pretraining": {**entries.get(sweep.name, {}).get("pretraining", {}),
+                                               **{s.name: {"identity": s.identity, "total_steps": s.total_steps,
+                                                           **s.config.identity()} for s in stages if not s.problem}},
                                "budget": sweep.budget,
                                "config_hashes": sorted(earlier | {p.config_hash for p in plan if p.config_hash})}
         atomic_write_bytes(path, (json.dumps(entries, indent=2, sort_keys=True, default=str) + "\n").encode())

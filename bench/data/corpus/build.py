@@ -1,7 +1,8 @@
 """`avbench corpus build`: synthesise the embedded audiovisual isolated-word corpus offline.
 
-Every clip is one of the 30 Speech Commands words, spoken by a synthetic speaker (libespeak-ng),
-1 s at 16 kHz, jittered in time, with noise at a random SNR and optional reverberation. Beside the
+Every clip is one of the 30 Speech Commands words, spoken by a synthetic speaker (libespeak-ng or
+CMU Flite: bench.data.corpus.engines), 1 s at 16 kHz, jittered in time, with noise at a random
+SNR, optional reverberation, and a recording channel (bench.data.corpus.channels). Beside the
 audio, a 25 fps articulation track (mouth opening, width, rounding) derived from the phoneme
 timings drives a renderer of grayscale mouth frames (bench.data.corpus.mouth).
 
@@ -27,10 +28,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from bench.data.audio import TARGET_SAMPLE_RATE, resample
-from bench.data.corpus import acoustics
+from bench.data.audio import TARGET_SAMPLE_RATE
+from bench.data.corpus import acoustics, engines
 from bench.data.corpus.channels import CHANNEL_MIXES, apply_channel, draw_channel
 from bench.data.corpus.embedded import GENERATOR_VERSION, CorpusConfig, EmbeddedCorpus, corpus_path
+from bench.data.corpus.engines import Rendered
 from bench.data.corpus.speakers import STYLES, Speaker, assign_splits, make_speakers
 from bench.data.corpus.visemes import VIDEO_FPS, articulation_track
 from bench.data.manifest import MANIFEST_NAME, write_manifest
@@ -41,70 +43,37 @@ CHANNEL_STREAM = 0xC4A7  # the extra seed word of each clip's channel draws
 STRESS_OPENING_GAIN = {"ˈ": 1.15, "ˌ": 1.0, "": 0.9}
 
 # ---------------------------------------------------------------------------------------------
-# Worker side: one libespeak-ng instance per process.
-
-_SYNTH = None
+# Worker side: one synthesiser per process (bench.data.corpus.engines).
 
 
-def fresh_process_pool(workers: int) -> ProcessPoolExecutor:
+def fresh_process_pool(workers: int, engine: str = "espeak") -> ProcessPoolExecutor:
     """A pool that runs every task in a new process forked from a clean template.
 
     libespeak-ng carries hidden state from one utterance to the next (its output for the same
     call drifts with the process's history, and espeak_Terminate does not reset it). Running each
     task (one speaker, clips in a fixed order) in a fresh process makes the audio a function of
     the task alone, so builds are byte-identical whatever the number of workers. The forkserver
-    template never loads espeak and holds none of the parent's threads.
+    template never loads a synthesiser and holds none of the parent's threads.
     """
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["bench.data.corpus.build"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               max_tasks_per_child=1)
+                               initargs=(engine,), max_tasks_per_child=1)
 
 
-def _init_worker() -> None:
-    global _SYNTH
+def _init_worker(engine: str) -> None:
     # Each worker is single-threaded: the pool is the parallelism.
     os.environ["OMP_NUM_THREADS"] = "1"
-    from bench.data.corpus.espeak import Synthesizer
-
-    _SYNTH = Synthesizer()
-
-
-@dataclass
-class _Rendered:
-    audio: np.ndarray              # 16 kHz, trimmed to the speech span
-    phonemes: list[tuple[str, float, float, str]]  # symbol, start_s, end_s (from audio start), stress
+    engines.start(engine)
 
 
 def _noise_seed(*parts) -> int:
-    """A stable 32-bit seed for espeak's rand() from the utterance's identity."""
+    """A stable 32-bit seed for the engine's rand() from the utterance's identity."""
     return zlib.crc32(":".join(map(str, parts)).encode())
 
 
-def _speak(speaker: Speaker, word: str, *, pitch: int, pitch_range: int, rate: int, noise_seed: int) -> _Rendered:
-    """Synthesise a word, apply the speaker's vocal-tract warp and return 16 kHz speech."""
-    from bench.data.corpus.espeak import ESPEAK_SAMPLE_RATE
-
-    _SYNTH.set_voice(speaker.accent, speaker.variant)
-    _SYNTH.set_prosody(rate=int(np.clip(rate, 80, 450)), pitch=int(np.clip(pitch, 0, 100)),
-                       pitch_range=int(np.clip(pitch_range, 0, 100)))
-    utt = _SYNTH.synth(word, noise_seed=noise_seed)
-    if not utt.phonemes or utt.audio.size == 0:
-        raise RuntimeError(f"espeak produced no speech for {word!r} with voice {speaker.accent}+{speaker.variant}")
-    # Playing 22,050 Hz audio as if recorded at 22,050*warp scales formants and pitch by warp.
-    effective_sr = int(round(ESPEAK_SAMPLE_RATE * speaker.vtl_warp / 50.0)) * 50
-    audio = utt.audio
-    envelope = np.convolve(np.abs(audio), np.ones(220) / 220, mode="same")
-    voiced = np.flatnonzero(envelope > 0.02 * envelope.max())
-    first = min(utt.phonemes[0].sample, int(voiced[0]))
-    last = int(voiced[-1]) + 1
-    starts = [p.sample for p in utt.phonemes] + [last]
-    phonemes = []
-    for k, p in enumerate(utt.phonemes):
-        start, end = max(starts[k], first), max(min(starts[k + 1], last), starts[k] + 1)
-        phonemes.append((p.symbol, (start - first) / effective_sr, (end - first) / effective_sr, p.stress))
-    speech = resample(audio[first:last], effective_sr, TARGET_SAMPLE_RATE)
-    return _Rendered(audio=speech, phonemes=phonemes)
+def _speak(config: CorpusConfig, speaker: Speaker, word: str, **prosody) -> Rendered:
+    return engines.speak(config.engine, speaker, word, **prosody)
 
 
 def _clip_rng(config: CorpusConfig, *ids: int) -> np.random.Generator:
@@ -112,7 +81,7 @@ def _clip_rng(config: CorpusConfig, *ids: int) -> np.random.Generator:
 
 
 def _clean_utterance(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: int,
-                     rendition: int) -> tuple[_Rendered, str, np.random.Generator]:
+                     rendition: int) -> tuple[Rendered, str, np.random.Generator]:
     """The clip's dry speech (before level, room, noise), its style, and the clip's generator
     positioned after the draws that made them (the rest of the clip draws from it)."""
     rng = _clip_rng(config, spk_idx, word_idx, rendition)
@@ -120,7 +89,7 @@ def _clean_utterance(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_
     style_name = str(rng.choice(list(STYLES)))
     style = STYLES[style_name]
     rendered = _speak(
-        speaker, word,
+        config, speaker, word,
         pitch=speaker.pitch + style.pitch + int(rng.integers(-4, 5)),
         pitch_range=speaker.pitch_range + style.pitch_range + int(rng.integers(-5, 6)),
         rate=int(round(speaker.rate * style.rate * rng.uniform(0.93, 1.07))),
@@ -132,13 +101,8 @@ def _clean_utterance(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_
 def render_clean(task: tuple) -> list[tuple[str, np.ndarray]]:
     """Worker task: the dry 16 kHz speech of (speaker index, word index, rendition) items of a
     corpus, with each speaker's gender (the realism report reads these, bench.data.corpus.realism)."""
-    global _SYNTH
     config, items = task
-    if _SYNTH is None:  # called in this process rather than in a pool's worker
-        from bench.data.corpus.espeak import Synthesizer
-
-        _SYNTH = Synthesizer()
-    speakers = make_speakers(config.speakers, config.seed)
+    speakers = make_speakers(config.speakers, config.seed, config.engine)
     return [(speakers[s].gender, _clean_utterance(config, speakers[s], s, w, r)[0].audio) for s, w, r in items]
 
 
@@ -171,7 +135,7 @@ def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: i
     snr = float(rng.uniform(*config.snr_db))
     if noise_type == "babble":
         talkers = [babble_speakers[int(i)] for i in rng.choice(len(babble_speakers), size=4)]
-        utts = [_speak(t, config.word_list[int(rng.integers(config.words))], pitch=t.pitch,
+        utts = [_speak(config, t, config.word_list[int(rng.integers(config.words))], pitch=t.pitch,
                        pitch_range=t.pitch_range, rate=t.rate,
                        noise_seed=_noise_seed(config.seed, spk_idx, word_idx, rendition, "babble", k)).audio
                 for k, t in enumerate(talkers)]
@@ -237,7 +201,7 @@ def _build_noise_bank(task: tuple) -> list[str]:
     utts = []
     for k in range(int(config.noise_bank_seconds * 3)):
         t = babble_speakers[int(rng.integers(len(babble_speakers)))]
-        utts.append(_speak(t, config.word_list[int(rng.integers(config.words))], pitch=t.pitch,
+        utts.append(_speak(config, t, config.word_list[int(rng.integers(config.words))], pitch=t.pitch,
                            pitch_range=t.pitch_range, rate=t.rate, noise_seed=_noise_seed(config.seed, "bank", k)).audio)
     sf.write(out / "noise" / "babble.wav", 0.1 * acoustics.babble(utts, n, rng), TARGET_SAMPLE_RATE,
              subtype="PCM_16")
@@ -267,7 +231,7 @@ def build_corpus(config: CorpusConfig, out_root: Path | None = None, workers: in
     partial.mkdir(parents=True)
 
     started = time.time()
-    speakers = make_speakers(config.speakers, config.seed)
+    speakers = make_speakers(config.speakers, config.seed, config.engine)
     splits = assign_splits(speakers, config.split_fractions, config.seed)
     # Babble is made from training speakers only, so no held-out voice leaks into training clips.
     babble_speakers = [s for s in speakers if splits[s.speaker] == "train"]
@@ -275,7 +239,7 @@ def build_corpus(config: CorpusConfig, out_root: Path | None = None, workers: in
     tasks = [(config, s, i, splits[s.speaker], babble_speakers, partial) for i, s in enumerate(speakers)]
     rows: list[dict] = []
     try:
-        with fresh_process_pool(workers) as pool:
+        with fresh_process_pool(workers, config.engine) as pool:
             noise_job = pool.submit(_build_noise_bank, (config, babble_speakers, partial))
             jobs = [pool.submit(_build_speaker, task) for task in tasks]
             total = config.speakers * config.words * config.renditions

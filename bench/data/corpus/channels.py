@@ -80,7 +80,11 @@ class ChannelMix:
 
 
 CHANNEL_MIX = ChannelMix()
-CHANNEL_MIXES: dict[str, ChannelMix | None] = {"none": None, "default": CHANNEL_MIX}
+# The second corpus's mix (bench.data.corpus.embedded.PRESETS["flite"]): a phone-first collection,
+# fewer clean clips, more coded and narrowband ones, so the two corpora also differ in channel.
+MOBILE_MIX = ChannelMix(clean=0.15, microphone=0.15, microphone_codec=0.35, telephone=0.25,
+                        microphone_agc=0.10, telephone_codec_prob=0.9)
+CHANNEL_MIXES: dict[str, ChannelMix | None] = {"none": None, "default": CHANNEL_MIX, "mobile": MOBILE_MIX}
 
 
 @dataclass

@@ -24,13 +24,16 @@ import pandas as pd
 
 from bench.data.corpus import acoustics
 from bench.data.corpus.channels import CHANNEL_MIXES, CODECS
+from bench.data.corpus.engines import check_engine, engine_digest
 from bench.data.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, summarize
 from bench.data.prepare.spc import V001_WORDS
 from bench.errors import ConfigError
 from bench.paths import corpora_dir
 
 # Bump when bench.data.corpus.build's output changes for the same config: old corpora get new ids.
-GENERATOR_VERSION = 2  # 2: rand() seeded per utterance; non-reproducible variants dropped
+# 2: rand() seeded per utterance; non-reproducible variants dropped.
+# 3: recording channels on by default (the "default" mix); a voice engine per corpus (espeak, flite).
+GENERATOR_VERSION = 3
 
 # The vocabulary is Speech Commands v0.01's, so the embedded corpus and SPC share a label space.
 SPEECH_COMMANDS_WORDS = V001_WORDS
@@ -39,6 +42,15 @@ SIZES: dict[str, dict] = {
     "small": {"speakers": 20, "renditions": 1},
     "default": {},
     "large": {"speakers": 240, "renditions": 4},
+}
+
+# Corpora that are different datasets, not sizes of one: each preset sets what differs from the
+# default (espeak) corpus. The flite corpus has the same 30 words, sizes and splits, but another
+# voice engine (so other speakers), another recording-channel mix and another seed: train on one,
+# test on the other for cross-dataset generalisation (configs/cross-corpus.yaml).
+PRESETS: dict[str, dict] = {
+    "espeak": {},
+    "flite": {"engine": "flite", "seed": 1, "channels": "mobile"},
 }
 
 
@@ -56,17 +68,33 @@ class CorpusConfig:
     level_dbfs: tuple[float, float] = (-14.0, -4.0)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_bank_seconds: float = 10.0
-    # The recording channel mix (bench.data.corpus.channels.CHANNEL_MIXES): "none" is the perfect
-    # 16 kHz channel every corpus built so far has.
-    channels: str = "none"
+    # The recording channel mix (bench.data.corpus.channels.CHANNEL_MIXES); "none" is a perfect
+    # 16 kHz channel, what every corpus of generator version 2 and before had.
+    channels: str = "default"
+    engine: str = "espeak"  # the voice engine, bench.data.corpus.engines.ENGINES
     size: str = field(default="custom", compare=False)
 
     @classmethod
-    def from_size(cls, size: str = "default", **overrides) -> "CorpusConfig":
+    def from_size(cls, size: str = "default", preset: str = "espeak", **overrides) -> "CorpusConfig":
         if size not in SIZES:
             raise ConfigError(f"unknown corpus size {size!r}; choose one of {', '.join(SIZES)}")
-        params = {**SIZES[size], **overrides}
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown corpus preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        params = {**SIZES[size], **PRESETS[preset], **overrides}
         return cls(size=size if not overrides else "custom", **params).validated()
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "CorpusConfig":
+        """`embedded[:SIZE]` (the espeak corpus) or `embedded-PRESET[:SIZE]`, e.g. embedded-flite:small;
+        a bare size name is the espeak corpus of that size."""
+        if spec in SIZES:
+            return cls.from_size(spec)
+        name, _, size = spec.partition(":")
+        preset = name.removeprefix("embedded").removeprefix("-") or "espeak"
+        if not name.startswith("embedded") or preset not in PRESETS:
+            raise ConfigError(f"{spec!r} names no embedded corpus; write embedded[:SIZE] or embedded-PRESET[:SIZE] "
+                              f"with PRESET one of {', '.join(PRESETS)} and SIZE one of {', '.join(SIZES)}")
+        return cls.from_size(size or "default", preset=preset)
 
     def validated(self) -> "CorpusConfig":
         if not 1 <= self.words <= len(SPEECH_COMMANDS_WORDS):
@@ -77,6 +105,7 @@ class CorpusConfig:
             raise ConfigError(f"renditions must be at least 1, got {self.renditions}")
         if not 0.0 <= self.reverb_prob <= 1.0:
             raise ConfigError(f"reverb_prob must be in [0, 1], got {self.reverb_prob}")
+        check_engine(self.engine)
         if self.channels not in CHANNEL_MIXES:
             raise ConfigError(f"unknown channel mix {self.channels!r}; choose one of {', '.join(CHANNEL_MIXES)}")
         unknown = set(self.noise_types) - set(acoustics.COLOURED_NOISE_BETA) - {"babble"}
@@ -87,30 +116,18 @@ class CorpusConfig:
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("size")
-        if d["channels"] == "none":  # as before channels existed: those corpora keep their ids
-            d.pop("channels")
         return d
 
     @property
     def corpus_id(self) -> str:
-        import espeakng_loader  # the voice data is part of what makes the audio
-
+        # The engine's voice data (espeak-ng's wheel, Flite's libraries) is part of what makes the audio.
         key = json.dumps({"config": self.identity(), "generator": GENERATOR_VERSION,
-                          "espeak": _package_version(espeakng_loader.__name__)}, sort_keys=True)
+                          "voices": engine_digest(self.engine)}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     @property
     def word_list(self) -> tuple[str, ...]:
         return SPEECH_COMMANDS_WORDS[: self.words]
-
-
-def _package_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name.replace("_", "-"))
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass
@@ -170,12 +187,16 @@ def corpus_path(config: CorpusConfig, out_root: Path | None = None) -> Path:
 
 
 def find_corpus(path_or_size: str | Path = "default") -> EmbeddedCorpus:
-    """A built corpus by folder, manifest path, or size name (small/default/large)."""
-    if str(path_or_size) in SIZES:
-        path = corpus_path(CorpusConfig.from_size(str(path_or_size)))
+    """A built corpus by folder, manifest path, size name (small/default/large) or corpus spec
+    (embedded-flite:small)."""
+    spec = str(path_or_size)
+    if spec in SIZES or (spec.startswith("embedded") and not Path(spec).exists()):
+        config = CorpusConfig.from_spec(spec)
+        path = corpus_path(config)
         if not (path / MANIFEST_NAME).is_file():
-            raise ManifestError(f"{path}: the {path_or_size!r} embedded corpus is not built yet. "
-                                f"Run `avbench corpus build --size {path_or_size}`.")
+            engine = f" --engine {config.engine}" if config.engine != "espeak" else ""
+            raise ManifestError(f"{path}: the {spec!r} embedded corpus is not built yet. "
+                                f"Run `avbench corpus build --size {config.size}{engine}`.")
         return EmbeddedCorpus.open(path)
     path = Path(path_or_size)
     if path.name == MANIFEST_NAME:
@@ -189,7 +210,9 @@ def find_corpus(path_or_size: str | Path = "default") -> EmbeddedCorpus:
 def summary_text(corpus: EmbeddedCorpus) -> str:
     meta = corpus.manifest.meta
     table = corpus.manifest.table
-    lines = [f"embedded corpus {meta.get('corpus_id')} (size: {meta.get('size')})", summarize(corpus.manifest)]
+    engine = meta["config"].get("engine", "espeak")
+    lines = [f"embedded corpus {meta.get('corpus_id')} (size: {meta.get('size')}, voices: {engine})",
+             summarize(corpus.manifest)]
     lines.append(f"words:    {table['label'].nunique()}, speakers: {table['speaker'].nunique()}, "
                  f"renditions: {meta['config']['renditions']}, styles: {', '.join(sorted(table['emotion'].unique()))}")
     lines.append(f"noise:    SNR {meta['config']['snr_db'][0]:g}-{meta['config']['snr_db'][1]:g} dB "

@@ -60,6 +60,20 @@ def _find(name: str) -> Path | None:
     return Path(found) if found else None
 
 
+def library_digest() -> str:
+    """A digest of the installed libflite and voice libraries: the corpus id hashes it, because
+    another Flite build (or voice) would give other audio for the same config."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("flite", "flite_usenglish", "flite_cmulex", *(f"flite_cmu_us_{v}" for v in FLITE_VOICES)):
+        path = _find(name)
+        if path is None:
+            raise FliteError(f"lib{name}.so.1 not found in {', '.join(LIBRARY_DIRS)}: {INSTALL_HINT}")
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def available() -> bool:
     """Whether libflite and every voice library are installed here."""
     return all(_find(n) for n in ("flite", "flite_usenglish", "flite_cmulex",
@@ -85,6 +99,7 @@ class FliteSynthesizer:
             "item_next": (ctypes.c_void_p, [ctypes.c_void_p]),
             "item_feat_float": (ctypes.c_float, [ctypes.c_void_p, ctypes.c_char_p]),
             "item_feat_string": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_char_p]),
+            "ffeature_string": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_char_p]),
             "delete_utterance": (None, [ctypes.c_void_p]),
             "flite_feat_set_float": (None, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_float]),
         }
@@ -140,7 +155,10 @@ class FliteSynthesizer:
                     if name not in ARPABET_TO_IPA:
                         raise FliteError(f"Flite phone {name!r} has no IPA mapping: add it to ARPABET_TO_IPA "
                                          "in bench/data/corpus/flite.py")
-                    phonemes.append(Phoneme(symbol=ARPABET_TO_IPA[name], sample=int(round(start * wave.sample_rate))))
+                    # The lexicon's syllable stress, spelt as espeak's marks: "1" primary, "0" none.
+                    stress = self._lib.ffeature_string(item, b"R:SylStructure.parent.stress").decode()
+                    phonemes.append(Phoneme(symbol=ARPABET_TO_IPA[name], sample=int(round(start * wave.sample_rate)),
+                                            stress="ˈ" if stress == "1" else ""))
                 start = end
                 item = self._lib.item_next(item)
             return Utterance(audio=audio, phonemes=phonemes, sample_rate=int(wave.sample_rate))

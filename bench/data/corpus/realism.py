@@ -207,5 +207,5 @@ def embedded_clean_sample(corpus, clips: int = 240, seed: int = 0,
     items = clip_items(config, table.sample(n=min(clips, len(table)), random_state=seed))
     workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
     chunks = [items[k::workers] for k in range(workers)]
-    with fresh_process_pool(workers) as pool:
+    with fresh_process_pool(workers, config.engine) as pool:
         return [clip for rendered in pool.map(render_clean, [(config, chunk) for chunk in chunks]) for clip in rendered]

@@ -1,7 +1,9 @@
 """Synthetic speakers and speaking styles of the embedded corpus.
 
-A speaker is a fixed tuple: espeak accent and voice variant, base pitch, pitch range, rate, a
-vocal-tract-length warp (applied by resampling) and a face identity for the rendered mouth.
+A speaker is a fixed tuple: accent and voice (an espeak variant, or a Flite voice), base pitch,
+pitch range, rate, a vocal-tract-length warp (applied by resampling) and a face identity for the
+rendered mouth. Pitch, range and rate are on espeak's scales for both engines
+(bench.data.corpus.engines maps them onto Flite's controls).
 A style is a prosody offset (pitch level and range, rate, loudness). The corpus labels clips with
 it as `emotion`, but it is a prosody proxy, not acted emotion.
 """
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bench.data.corpus.espeak import ENGLISH_ACCENTS
+from bench.data.corpus.flite import FLITE_VOICE_GENDER, FLITE_VOICES
 from bench.data.corpus.mouth import FaceIdentity
 
 # Variants that sound like ordinary voices; effect voices (robots, whisper, croak, klatt) are out.
@@ -59,8 +62,22 @@ class Speaker:
         return row
 
 
-def make_speakers(count: int, seed: int) -> list[Speaker]:
-    """`count` distinct speakers; accents cycle so every accent has about the same number."""
+# Flite's voices: the accent each was recorded in, and the vocal-tract warps drawn for its speakers.
+# rms's warp starts at 1.0 and goes higher because it ignores f0_shift and is the lowest voice
+# (median F0 80-99 Hz); the others are centred on 1.
+FLITE_VOICE_ACCENT = {"slt": "en-us", "rms": "en-us", "awb": "en-gb-scotland", "kal16": "en-us"}
+FLITE_WARPS = {"slt": (0.96, 1.08), "rms": (1.00, 1.12), "awb": (0.94, 1.06), "kal16": (0.94, 1.06)}
+
+
+def make_speakers(count: int, seed: int, engine: str = "espeak") -> list[Speaker]:
+    """`count` distinct speakers of the engine's voices, half of each gender."""
+    if engine == "flite":
+        return _flite_speakers(count, seed)
+    return _espeak_speakers(count, seed)
+
+
+def _espeak_speakers(count: int, seed: int) -> list[Speaker]:
+    """Accents cycle so every accent has about the same number of speakers."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5BEA]))
     combos_used: set[tuple[str, str]] = set()
     speakers = []
@@ -82,6 +99,29 @@ def make_speakers(count: int, seed: int) -> list[Speaker]:
             rate=int(rng.integers(140, 201)),
             # Rounded to 0.005 so the resampling ratio stays a small fraction (fast polyphase).
             vtl_warp=round(float(rng.uniform(low, high)) / 0.005) * 0.005,
+            face=FaceIdentity.sample(rng),
+        ))
+    return speakers
+
+
+def _flite_speakers(count: int, seed: int) -> list[Speaker]:
+    """Genders alternate; the women are all slt (Flite's one female voice), the men cycle through
+    rms, awb and kal16. Speakers of one voice differ in warp, pitch and rate, as with espeak."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF17E]))
+    male_voices = [v for v in FLITE_VOICES if FLITE_VOICE_GENDER[v] == "male"]
+    speakers = []
+    for i in range(count):
+        gender = "female" if i % 2 else "male"
+        voice = "slt" if gender == "female" else male_voices[(i // 2) % len(male_voices)]
+        speakers.append(Speaker(
+            speaker=f"spk{i:03d}",
+            accent=FLITE_VOICE_ACCENT[voice],
+            gender=gender,
+            variant=voice,
+            pitch=int(rng.integers(30, 71)),
+            pitch_range=int(rng.integers(30, 81)),
+            rate=int(rng.integers(140, 201)),
+            vtl_warp=round(float(rng.uniform(*FLITE_WARPS[voice])) / 0.005) * 0.005,
             face=FaceIdentity.sample(rng),
         ))
     return speakers
