@@ -181,3 +181,19 @@ def test_every_voice_variant_in_use_is_reproducible_across_processes():
                                       check=True).stdout) for _ in range(3)]
     unstable = [v for v in runs[0] if len({r[v] for r in runs}) > 1]
     assert unstable == [], f"variants whose audio differs between processes: {unstable}"
+
+
+def test_a_flite_build_without_libflite_stops_naming_the_package(tmp_path, monkeypatch, capsys):
+    # Runs whether or not libflite is installed here: the libraries are made unfindable.
+    from bench.cli import main
+    from bench.data.corpus import engines, flite
+
+    monkeypatch.setattr(flite, "_find", lambda name: None)
+    engines.engine_digest.cache_clear()
+    try:
+        code = main(["corpus", "build", "--engine", "flite", "--size", "small", "--out", str(tmp_path)])
+    finally:
+        engines.engine_digest.cache_clear()
+    assert code == 2
+    assert "libflite.so.1 not found" in capsys.readouterr().err and "apt-get install flite1-dev" in flite.INSTALL_HINT
+    assert not any(tmp_path.iterdir())  # nothing half-built

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.data.corpus.realism import (BYRNE_1994_LTASS_DB, F0_NORMS_HZ, LTASS_CENTRES_HZ, band_edges, clip_items,
-                                       f0_deviation, long_term_power_spectrum,
+from bench.data.corpus.realism import (BYRNE_1994_LTASS_DB, F0_NORMS_HZ, LTASS_CENTRES_HZ, CleanClip, band_edges,
+                                       clip_items, f0_deviation, long_term_power_spectrum,
                                        ltass_deviation, realism_report, third_octave_levels, usable_bands)
 
 SR = 16_000
@@ -56,8 +56,8 @@ def _harmonic(f0: float, seconds: float = 0.6) -> np.ndarray:
 
 
 def test_f0_per_gender_is_measured_and_compared_in_semitones():
-    clips = [("male", _harmonic(120.0)), ("male", _harmonic(120.0 * 2 ** (1 / 12))),
-             ("female", _harmonic(210.0)), ("female", np.zeros(SR // 2, dtype=np.float32))]
+    clips = [CleanClip("male", _harmonic(120.0)), CleanClip("male", _harmonic(120.0 * 2 ** (1 / 12))),
+             CleanClip("female", _harmonic(210.0)), CleanClip("female", np.zeros(SR // 2, dtype=np.float32))]
     rows = {r.gender: r for r in f0_deviation(clips, SR)}
     te = "Traunmuller & Eriksson 1995 (typical, running speech)"
     assert rows["male"].clips == 2 and rows["male"].voiced_clips == 2
@@ -83,14 +83,14 @@ def test_clean_speech_is_the_speech_inside_the_corpus_clip(small_corpus):
     from bench.data.corpus.build import render_clean
 
     rendered = render_clean((config, clip_items(config, clean_rows)))
-    for (gender, speech), row in zip(rendered, clean_rows.itertuples()):
-        assert gender == row.gender
+    for (gender, speech, word, phones), row in zip(rendered, clean_rows.itertuples()):
+        assert gender == row.gender and word == row.label and phones
         clip, sr = sf.read(small_corpus.manifest.resolve(row.audio_path), dtype="float32")
         assert abs(len(speech) / sr - (row.end - row.start)) < 0.005, row.clip_id
         start = int(round(row.start * sr))
         same = _log_mel_correlation(clip[start: start + len(speech)], speech)
         assert same > 0.9, (row.clip_id, same)
-        other = next(w for g, w in rendered if w is not speech)  # another utterance, as a control
+        other = next(w for _, w, _, _ in rendered if w is not speech)  # another utterance, as a control
         n = min(len(other), len(speech))
         assert _log_mel_correlation(clip[start: start + n], other[:n]) < same - 0.05, row.clip_id
 
@@ -112,13 +112,40 @@ def test_corpus_check_prints_the_realism_report_and_keeps_it_in_the_manifest(sma
     out = capsys.readouterr().out
     assert "Byrne et al. 1994" in out and "RMS deviation over 19 bands" in out
     assert "male:" in out and "female:" in out
+    assert "Hillenbrand et al. 1995" in out and "whole word, male:" in out
     meta = json.loads((small_corpus.path / "manifest.json").read_text())
     assert meta["realism"]["clips"] == 24 and len(meta["realism"]["ltass"]) == 19
+    assert meta["realism"]["word_timing"] and meta["realism"]["vowel_duration_reference"].startswith("Hillenbrand")
     assert (small_corpus.path / "manifest.csv").read_bytes() == csv_before  # the manifest id stands
 
 
 def test_report_of_given_clips_has_both_parts():
     byrne = dict(zip(LTASS_CENTRES_HZ, BYRNE_1994_LTASS_DB))
-    clips = [("male", _shaped_noise({c: byrne[c] for c in usable_bands(SR)}, 1.0, 0) + _harmonic(120.0, 1.0))]
+    clips = [CleanClip("male", _shaped_noise({c: byrne[c] for c in usable_bands(SR)}, 1.0, 0) + _harmonic(120.0, 1.0))]
     report = realism_report(clips, SR).to_dict()
     assert report["clips"] == 1 and len(report["ltass"]) == 19 and report["f0"][0]["gender"] == "male"
+
+
+def _clip(gender: str, word: str, vowel_ms: float, word_ms: float = 500.0) -> CleanClip:
+    """A clip whose phones are consonant, vowel (two phones, a diphthong), consonant."""
+    v = vowel_ms / 1000
+    phones = [("b", 0.0, 0.05, ""), ("o", 0.05, 0.05 + v / 2, "ˈ"), ("ʊ", 0.05 + v / 2, 0.05 + v, ""),
+              ("d", 0.05 + v, 0.1 + v, "")]
+    return CleanClip(gender, np.zeros(int(word_ms / 1000 * SR), dtype=np.float32), word, phones)
+
+
+def test_vowel_durations_are_compared_with_the_hvd_vowel_of_the_same_quality():
+    from bench.data.corpus.timing import HILLENBRAND_1995_VOWEL_MS, mean_ratio, vowel_durations, word_timings
+
+    heed_m, hoed_f = HILLENBRAND_1995_VOWEL_MS["heed"]["male"], HILLENBRAND_1995_VOWEL_MS["hoed"]["female"]
+    clips = [_clip("male", "three", heed_m), _clip("male", "tree", heed_m * 0.5),
+             _clip("female", "no", hoed_f * 2), _clip("female", "go", hoed_f * 2),
+             _clip("male", "yes", 90.0)]  # yes: its vowel precedes /s/, so it is not compared
+    rows = {(r.word, r.gender): r for r in vowel_durations(clips)}
+    assert set(rows) == {("heed", "male"), ("hoed", "female")}
+    assert rows["heed", "male"].clips == 2 and rows["heed", "male"].ratio == pytest.approx(0.75, abs=1e-3)
+    assert rows["hoed", "female"].ratio == pytest.approx(2.0, abs=1e-3)  # both phones of the diphthong count
+    assert mean_ratio(list(rows.values())) == pytest.approx(np.exp((2 * np.log(0.75) + 2 * np.log(2.0)) / 4), abs=1e-3)
+    timing = {w.gender: w for w in word_timings(clips + [_clip("female", "happy", 100.0, word_ms=400.0)], SR)}
+    assert timing["male"].clips == 3 and timing["male"].word_ms_mean == pytest.approx(500.0)
+    assert timing["female"].syllables_per_s == pytest.approx((1 + 1 + 2) / 1.4, abs=0.01)  # happy has 2

@@ -98,12 +98,14 @@ def _clean_utterance(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_
     return rendered, style_name, rng
 
 
-def render_clean(task: tuple) -> list[tuple[str, np.ndarray]]:
+def render_clean(task: tuple) -> list[tuple[str, np.ndarray, str, list]]:
     """Worker task: the dry 16 kHz speech of (speaker index, word index, rendition) items of a
-    corpus, with each speaker's gender (the realism report reads these, bench.data.corpus.realism)."""
+    corpus, with each speaker's gender, the word and its phone timings (the realism report reads
+    these, bench.data.corpus.realism)."""
     config, items = task
     speakers = make_speakers(config.speakers, config.seed, config.engine)
-    return [(speakers[s].gender, _clean_utterance(config, speakers[s], s, w, r)[0].audio) for s, w, r in items]
+    rendered = [(s, w, _clean_utterance(config, speakers[s], s, w, r)[0]) for s, w, r in items]
+    return [(speakers[s].gender, r.audio, config.word_list[w], r.phonemes) for s, w, r in rendered]
 
 
 def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: int, rendition: int,

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.corpus.espeak import Phoneme, Utterance
+from bench.errors import ConfigError
 
 FLITE_VOICES = ("slt", "rms", "awb", "kal16")
 FLITE_VOICE_GENDER = {"slt": "female", "rms": "male", "awb": "male", "kal16": "male"}
@@ -38,8 +39,9 @@ ARPABET_TO_IPA = {
 PAUSES = {"pau", "h#", "brth"}
 
 
-class FliteError(RuntimeError):
-    """libflite is missing or refused a call. The message says what to install or fix."""
+class FliteError(ConfigError):
+    """libflite is missing or refused a call. The message says what to install or fix (the CLI
+    prints it, as it does every ConfigError, instead of a traceback)."""
 
 
 class _Wave(ctypes.Structure):

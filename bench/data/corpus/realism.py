@@ -1,10 +1,13 @@
 """How far a corpus's clean speech lies from published facts of real speech: `avbench corpus check`.
 
-Two comparisons, each against published values cited where they are defined:
+Three comparisons, each against published values cited where they are defined:
 - the long-term average speech spectrum (LTASS) in 1/3-octave bands, against the "universal"
   LTASS of Byrne et al. (1994), both normalised to 0 dB in the 1 kHz band;
 - the fundamental frequency per voice gender: each clip's median F0 over its voiced frames
-  (librosa's pYIN), averaged over the clips of each gender, against adult norms.
+  (librosa's pYIN), averaged over the clips of each gender, against adult norms;
+- durations (bench.data.corpus.timing): the stressed vowel of the words where it is comparable,
+  against the vowels of isolated /hVd/ words (Hillenbrand et al. 1995); and the whole word's
+  duration and syllable rate, for which no published reference was found.
 
 "Clean speech" is the speech before any room, noise or level: for the embedded corpus it is
 re-synthesised for a sample of clips (bench.data.corpus.build.render_clean), because the corpus
@@ -14,9 +17,11 @@ be measured the same way from its clean recordings.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from bench.data.corpus.timing import VowelDuration, WordTiming, mean_ratio, vowel_durations, word_timings
 
 # Byrne, D., Dillon, H., Tran, K., et al. (1994). An international comparison of long-term average
 # speech spectra. J. Acoust. Soc. Am. 96(4), 2108-2120: the universal LTASS (male and female
@@ -40,6 +45,17 @@ F0_NORMS_HZ = {
 N_FFT = 2048  # 128 ms at 16 kHz: 7.8 Hz bins, a Hann main lobe of +-15.6 Hz
 HOP = 512
 LOWEST_BAND_HZ = 100
+
+
+@dataclass
+class CleanClip:
+    """One clip's clean speech: the talker's gender, the waveform, and where known the word and its
+    phones (symbol, start_s, end_s, stress) for the duration figures."""
+
+    gender: str
+    wav: np.ndarray
+    word: str | None = None
+    phones: list = field(default_factory=list)
 
 
 @dataclass
@@ -126,11 +142,11 @@ def clip_f0(wav: np.ndarray, sample_rate: int, min_voiced_frames: int = 3) -> fl
     return float(np.median(f0)) if len(f0) >= min_voiced_frames else None
 
 
-def f0_deviation(clips: list[tuple[str, np.ndarray]], sample_rate: int) -> list[F0Deviation]:
+def f0_deviation(clips: list[CleanClip], sample_rate: int) -> list[F0Deviation]:
     """Per gender (male, female): mean and SD of the clips' median F0, against each norm."""
     by_gender: dict[str, list[float | None]] = {}
-    for gender, wav in clips:
-        by_gender.setdefault(gender, []).append(clip_f0(wav, sample_rate))
+    for clip in clips:
+        by_gender.setdefault(clip.gender, []).append(clip_f0(clip.wav, sample_rate))
     rows = []
     for gender in sorted(by_gender):
         values = np.array([v for v in by_gender[gender] if v is not None])
@@ -150,23 +166,30 @@ class RealismReport:
     sample_rate: int
     ltass: list[BandDeviation]
     f0: list[F0Deviation]
+    vowels: list[VowelDuration] = field(default_factory=list)
+    words: list[WordTiming] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        ratio = mean_ratio(self.vowels)
         return {"clips": self.clips, "sample_rate": self.sample_rate,
                 "ltass_reference": "Byrne et al. 1994, universal LTASS, re 1 kHz band",
                 "ltass": [asdict(b) for b in self.ltass], "f0": [asdict(f) for f in self.f0],
-                "ltass_rms_deviation_db": round(rms_deviation(self.ltass), 2)}
+                "ltass_rms_deviation_db": round(rms_deviation(self.ltass), 2),
+                "vowel_duration_reference": "Hillenbrand et al. 1995, vowels of isolated /hVd/ words",
+                "vowel_durations": [asdict(v) for v in self.vowels],
+                "vowel_duration_mean_ratio": None if ratio is None else round(ratio, 3),
+                "word_timing": [asdict(w) for w in self.words]}
 
 
 def rms_deviation(bands: list[BandDeviation]) -> float:
     return float(np.sqrt(np.mean([b.deviation_db ** 2 for b in bands])))
 
 
-def realism_report(clips: list[tuple[str, np.ndarray]], sample_rate: int) -> RealismReport:
-    """The report for clean speech clips given as (voice gender, waveform)."""
-    power, _ = long_term_power_spectrum([wav for _, wav in clips])
+def realism_report(clips: list[CleanClip], sample_rate: int) -> RealismReport:
+    """The report for clean speech clips; the duration parts need the clips' words and phones."""
+    power, _ = long_term_power_spectrum([clip.wav for clip in clips])
     return RealismReport(len(clips), sample_rate, ltass_deviation(third_octave_levels(power, sample_rate)),
-                         f0_deviation(clips, sample_rate))
+                         f0_deviation(clips, sample_rate), vowel_durations(clips), word_timings(clips, sample_rate))
 
 
 def report_text(report: RealismReport) -> str:
@@ -182,7 +205,22 @@ def report_text(report: RealismReport) -> str:
                             for source, hz in f.published.items())
         lines.append(f"    {f.gender}: {f.mean_hz:.1f} Hz (SD {f.sd_hz:.1f}, {f.voiced_clips}/{f.clips} clips voiced)"
                      f" vs {against}")
+    lines += _timing_lines(report)
     return "\n".join(lines)
+
+
+def _timing_lines(report: RealismReport) -> list[str]:
+    lines = []
+    if report.vowels:
+        lines.append("  stressed-vowel duration, words comparable with isolated /hVd/ words (Hillenbrand et al. 1995):")
+        lines.append("    /hVd/ word  gender   clips   corpus ms   published ms   corpus/published")
+        lines += [f"    {v.word:<10}  {v.gender:<6}  {v.clips:>6}   {v.corpus_ms:>9.0f}   {v.published_ms:>12.0f}"
+                  f"   {v.ratio:>16.2f}" for v in report.vowels]
+        lines.append(f"    mean ratio (geometric, clip-weighted): {mean_ratio(report.vowels):.2f}")
+    for w in report.words:
+        lines.append(f"  whole word, {w.gender}: {w.word_ms_mean:.0f} ms (SD {w.word_ms_sd:.0f}, {w.clips} clips), "
+                     f"{w.syllables_per_s:.2f} syllables/s (no published reference for isolated-word corpora)")
+    return lines
 
 
 def clip_items(config, rows) -> list[tuple[int, int, int]]:
@@ -193,9 +231,9 @@ def clip_items(config, rows) -> list[tuple[int, int, int]]:
 
 
 def embedded_clean_sample(corpus, clips: int = 240, seed: int = 0,
-                          workers: int | None = None) -> list[tuple[str, np.ndarray]]:
+                          workers: int | None = None) -> list[CleanClip]:
     """The dry speech of `clips` clips of a built embedded corpus, drawn at random (seeded), each
-    with its speaker's gender: re-synthesised with the build's voice, word and prosody, before the
+    with its speaker's gender, word and phones: re-synthesised with the build's voice, word and prosody, before the
     room and noise. libespeak-ng's samples drift a little with its process's history, so these are
     the same utterances up to that drift, not the bytes the build mixed."""
     import os
@@ -208,4 +246,5 @@ def embedded_clean_sample(corpus, clips: int = 240, seed: int = 0,
     workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
     chunks = [items[k::workers] for k in range(workers)]
     with fresh_process_pool(workers, config.engine) as pool:
-        return [clip for rendered in pool.map(render_clean, [(config, chunk) for chunk in chunks]) for clip in rendered]
+        rendered = [clip for part in pool.map(render_clean, [(config, chunk) for chunk in chunks]) for clip in part]
+    return [CleanClip(gender, wav, word, phones) for gender, wav, word, phones in rendered]
