@@ -117,6 +117,22 @@ def test_corpus_check_prints_the_realism_report_and_keeps_it_in_the_manifest(sma
     assert meta["realism"]["clips"] == 24 and len(meta["realism"]["ltass"]) == 19
     assert meta["realism"]["word_timing"] and meta["realism"]["vowel_duration_reference"].startswith("Hillenbrand")
     assert (small_corpus.path / "manifest.csv").read_bytes() == csv_before  # the manifest id stands
+    assert main(["corpus", "compare", str(small_corpus.path), "small"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| figure | published | ") and len(table) == 2 + 19 + 1 + 2 + 1 + 2
+    assert table[2].startswith("| LTASS 100 Hz: corpus - published | +0.7 dB re 1 kHz | ")
+    assert "| F0 male: mean of clip medians | 132 Hz" in "\n".join(table)
+
+
+def test_corpus_compare_names_the_corpus_that_was_never_checked(tmp_path, capsys):
+    from bench.cli import main
+    from bench.data.corpus.build import build_corpus
+    from bench.data.corpus.embedded import CorpusConfig
+
+    corpus = build_corpus(CorpusConfig.from_size("small", speakers=4, words=2, renditions=1), out_root=tmp_path,
+                          progress=False)
+    assert main(["corpus", "compare", str(corpus.path)]) == 2
+    assert f"{corpus.path / 'manifest.json'} has no realism figures: run `avbench corpus check" in capsys.readouterr().err
 
 
 def test_report_of_given_clips_has_both_parts():

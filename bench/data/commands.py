@@ -77,6 +77,23 @@ def _realism(corpus, clips: int) -> None:
     print(f"realism figures written to {meta_path} (key 'realism')")
 
 
+def _cmd_corpus_compare(args: argparse.Namespace) -> int:
+    """Print the realism figures that `avbench corpus check` kept in each corpus's manifest.json."""
+    from bench.data.corpus.embedded import find_corpus
+    from bench.data.corpus.realism import comparison_table
+    from bench.errors import ConfigError
+
+    reports = {}
+    for spec in args.corpora:
+        corpus = find_corpus(spec)
+        realism = corpus.manifest.meta.get("realism")
+        if not realism:
+            raise ConfigError(f"{corpus.path / 'manifest.json'} has no realism figures: run `avbench corpus check {spec}`")
+        reports[f"{spec} ({corpus.manifest.meta.get('corpus_id')})"] = realism
+    print(comparison_table(reports))
+    return 0
+
+
 def _cmd_prepare_spc(args: argparse.Namespace) -> int:
     from bench.data.manifest import read_manifest, summarize
     from bench.data.prepare.spc import prepare_spc
@@ -176,6 +193,9 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
                        help="clips whose clean speech is re-synthesised for the realism report (LTASS and F0 "
                             "against published values; about 0.2 s of CPU each); 0 skips it (default 240)")
     check.set_defaults(func=_cmd_corpus_check)
+    compare = corpus_sub.add_parser("compare", help="the realism figures of corpora side by side (markdown)")
+    compare.add_argument("corpora", nargs="+", help="corpus folders or specs, each checked by `avbench corpus check`")
+    compare.set_defaults(func=_cmd_corpus_compare)
 
 
 def _add_prepare_commands(sub: argparse._SubParsersAction) -> None:

@@ -248,3 +248,32 @@ def embedded_clean_sample(corpus, clips: int = 240, seed: int = 0,
     with fresh_process_pool(workers, config.engine) as pool:
         rendered = [clip for part in pool.map(render_clean, [(config, chunk) for chunk in chunks]) for clip in part]
     return [CleanClip(gender, wav, word, phones) for gender, wav, word, phones in rendered]
+
+
+def comparison_table(reports: dict[str, dict]) -> str:
+    """Markdown: the realism figures of several corpora side by side (name -> manifest.json's
+    `realism`), each band or statistic with its published value and each corpus's deviation."""
+    names = list(reports)
+    head = "| figure | published | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names)
+    lines = [head]
+    bands = {b["centre_hz"]: b["published_db"] for r in reports.values() for b in r.get("ltass", [])}
+    for centre, published in sorted(bands.items()):
+        cells = [next((f"{b['deviation_db']:+.1f} dB" for b in r.get("ltass", []) if b["centre_hz"] == centre), "—")
+                 for r in reports.values()]
+        lines.append(f"| LTASS {centre} Hz: corpus - published | {published:+.1f} dB re 1 kHz | " + " | ".join(cells) + " |")
+    lines.append("| LTASS RMS deviation over the bands | 0 | " + " | ".join(
+        f"{r['ltass_rms_deviation_db']:.1f} dB" if "ltass_rms_deviation_db" in r else "—" for r in reports.values()) + " |")
+    for gender, source in (("female", "Peterson & Barney 1952"), ("male", "Peterson & Barney 1952")):
+        cells = []
+        for r in reports.values():
+            row = next((f for f in r.get("f0", []) if f["gender"] == gender), None)
+            cells.append("—" if row is None else f"{row['mean_hz']:.0f} Hz ({row['voiced_clips']}/{row['clips']} voiced)")
+        published = F0_NORMS_HZ[next(s for s in F0_NORMS_HZ if s.startswith(source))][gender]
+        lines.append(f"| F0 {gender}: mean of clip medians | {published:g} Hz ({source}) | " + " | ".join(cells) + " |")
+    lines.append("| stressed vowel duration / the isolated /hVd/ vowel's (Hillenbrand et al. 1995) | 1.00 | " + " | ".join(
+        f"{r['vowel_duration_mean_ratio']:.2f}" if r.get("vowel_duration_mean_ratio") else "—" for r in reports.values()) + " |")
+    for gender in ("female", "male"):
+        cells = [next((f"{w['word_ms_mean']:.0f} ms, {w['syllables_per_s']:.2f} syll/s" for w in r.get("word_timing", [])
+                       if w["gender"] == gender), "—") for r in reports.values()]
+        lines.append(f"| whole word, {gender} | none found | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
