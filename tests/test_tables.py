@@ -196,16 +196,38 @@ def test_k_shot_columns_follow_label_fractions():
 
 
 def test_cross_dataset_generalisation_matrix():
-    records = [make_record("mfcc39", task="a:x", n_right=90), make_record("mfcc39", task="b:y", n_right=80),
+    records = [make_record("mfcc39", task="a:x", n_right=90, task_name="corpus-a"),
+               make_record("mfcc39", task="b:y", n_right=80, task_name="corpus-b"),
                make_record("mfcc39", task="a:x", train_task="a:x", eval_task="b:y", n_right=50, clip_hash="b",
-                           task_name_eval="corpus-b")]
+                           task_name="corpus-a", task_name_eval="corpus-b")]
     tables, md, _ = rendered(records)
     assert "## a:x → b:y" in md
     matrix, text = generalisation(tables)
-    assert "| a:x | _90.00 ± n/a [" in matrix and "| 50.00 ± n/a [" in matrix and "b:y (corpus-b)" in matrix
+    assert "| a:x (corpus-a) | _90.00 ± n/a [" in matrix and "| 50.00 ± n/a [" in matrix and "b:y (corpus-b)" in matrix
     assert sorted(r["train_task"] + ">" + r["eval_task"] for r in csv.DictReader(io.StringIO(text))) == \
         ["a:x>a:x", "a:x>b:y", "b:y>b:y"]
     assert generalisation(collect([make_record("mfcc39")], "x")[0]) is None
+
+
+def test_one_spec_on_two_corpora_is_two_rows_and_unrelated_in_domain_runs_stay_out():
+    """embedded:default names another corpus after a generator version: its records must not merge."""
+    def cross(corpus: str, n_right: int, seed: int = 0) -> dict:
+        return make_record("mfcc39", task="a", train_task="a", eval_task="b", n_right=n_right, clip_hash=corpus,
+                           seed=seed, task_name=corpus, task_name_eval="corpus-b", manifest_id="m-b")
+
+    records = [make_record("mfcc39", task="a", n_right=90, task_name="corpus-a-v3", manifest_id="m-a3"),
+               make_record("mfcc39", task="b", n_right=80, task_name="corpus-b", manifest_id="m-b"),
+               cross("corpus-a-v3", 50), cross("corpus-a-v2", 30),
+               # an in-domain run on the old corpus, from another sweep: no cross run trained there names it
+               make_record("mfcc39", task="a", n_right=70, task_name="corpus-a-v1", manifest_id="m-a1")]
+    tables, md, _ = rendered(records)
+    cross_tables = [t for t in tables if t.cross]
+    assert len(cross_tables) == 2 and len({t.id for t in cross_tables}) == 2  # kept apart, each with its plot
+    assert "Trained on `a` (corpus `corpus-a-v2`), tested on `b`" in md
+    matrix, _ = generalisation(tables)
+    assert "| a (corpus-a-v3) | _90.00 ± n/a [" in matrix and "| 50.00 ± n/a [" in matrix
+    assert "| a (corpus-a-v2) | — | 30.00 ± n/a [" in matrix
+    assert "corpus-a-v1" not in matrix
 
 
 def test_a_record_that_is_not_a_run_record_is_a_clear_error():

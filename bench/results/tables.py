@@ -139,6 +139,9 @@ class TableKey(NamedTuple):
     manifest_id: str
     task_type: str
     protocol: str           # canonical JSON
+    # The corpus trained on: a cross-dataset table's own corpus is its test corpus, so without this
+    # two corpora behind one spec (embedded:default before and after a generator version) would merge.
+    train_name: str = ""
 
 
 @dataclass
@@ -172,7 +175,9 @@ class Table:
     @property
     def id(self) -> str:
         name = f"{self.key.train_task}-to-{self.key.eval_task}" if self.cross else self.key.eval_task
-        digest = hashlib.sha1(json.dumps(self.key).encode()).hexdigest()[:8]
+        # In-domain tables' ids predate train_name (it repeats their corpus there): they stay as they were.
+        digest = hashlib.sha1(json.dumps(self.key[:6] + ((self.key.train_name,) if self.cross else ())).encode()
+                              ).hexdigest()[:8]
         return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + "-" + digest
 
     @property
@@ -181,7 +186,8 @@ class Table:
 
     @property
     def caption(self) -> str:
-        eval_part = f"Trained on `{self.key.train_task}`, tested on `{self.key.eval_task}`" if self.cross \
+        eval_part = f"Trained on `{self.key.train_task}` (corpus `{self.key.train_name}`), tested on " \
+                    f"`{self.key.eval_task}`" if self.cross \
             else f"Task `{self.key.eval_task}`"
         return f"{eval_part} ({self.key.task_type}), corpus `{self.key.task_name}` " \
                f"(manifest `{self.key.manifest_id}`). {describe_protocol(json.loads(self.key.protocol))}."
@@ -242,7 +248,8 @@ def collect(records: list[dict[str, Any]], source: str) -> tuple[list[Table], di
         protocol.update(budget_unit=budget["unit"], budget_value=budget["value"])
         corpus = r.get("task_name_eval") or r.get("task_name", "")  # a cross-dataset record's own test corpus
         key = (r.get("eval_task") or r["task"], r.get("train_task") or r["task"], corpus,
-               r.get("manifest_id", ""), r.get("task_type") or "words", json.dumps(protocol, sort_keys=True))
+               r.get("manifest_id", ""), r.get("task_type") or "words", json.dumps(protocol, sort_keys=True),
+               r.get("task_name", ""))
         table = tables.setdefault(key, Table(TableKey(*key)))
         mode, name = r["mode"], r.get("encoder_name") or r["encoder"].split("@")[0]
         encoder_lr = None if mode == "frozen" else config.get("encoder_lr")
