@@ -228,6 +228,12 @@ def test_one_spec_on_two_corpora_is_two_rows_and_unrelated_in_domain_runs_stay_o
     assert "| a (corpus-a-v3) | _90.00 ± n/a [" in matrix and "| 50.00 ± n/a [" in matrix
     assert "| a (corpus-a-v2) | — | 30.00 ± n/a [" in matrix
     assert "corpus-a-v1" not in matrix
+    # Another experiment with the same encoder and protocol (c -> d) gets its own matrix, not more columns.
+    records += [make_record("mfcc39", task="c", train_task="c", eval_task="d", n_right=20, clip_hash="d",
+                            task_name="corpus-c", task_name_eval="corpus-d", manifest_id="m-d")]
+    matrix, _ = generalisation(collect(records, "runs.jsonl")[0])
+    assert matrix.count("| trained on |") == 2 and matrix.count("## mfcc39") == 1
+    assert "| trained on | d (corpus-d) |\n|---|---:|\n| c (corpus-c) | 20.00 ± n/a [" in matrix
 
 
 def test_a_record_that_is_not_a_run_record_is_a_clear_error():

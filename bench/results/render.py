@@ -138,6 +138,24 @@ def render_latex(tables: list[Table]) -> str:
     return out.getvalue()
 
 
+def _connected(entries: dict[tuple[str, str], Any]) -> list[dict[tuple[str, str], Any]]:
+    """The entries split by connected task: two tasks are joined when a run trained on one was
+    tested on the other, so unrelated experiments (accents, noise, two corpora) get their own matrix."""
+    parent: dict[str, str] = {}
+
+    def root(task: str) -> str:
+        while parent.setdefault(task, task) != task:
+            task = parent[task]
+        return task
+
+    for train, ev in entries:
+        parent[root(train)] = root(ev)
+    groups: dict[str, dict] = defaultdict(dict)
+    for (train, ev), value in entries.items():
+        groups[root(train)][(train, ev)] = value
+    return [groups[k] for k in sorted(groups, key=lambda k: min(t for pair in groups[k] for t in pair))]
+
+
 def generalisation(tables: list[Table]) -> tuple[str, str] | None:
     """Per encoder row, protocol and label column: train task x eval task of the primary metric."""
     # A task is a spec on a corpus: the same spec on another corpus (another generator version) is
@@ -165,22 +183,23 @@ def generalisation(tables: list[Table]) -> tuple[str, str] | None:
                                                   key=lambda kv: (kv[0][0].sort_key(), kv[0][1], kv[0][2])):
         if not any(t.cross for t, _ in entries.values()):
             continue
-        trains, evals = sorted({k[0] for k in entries}), sorted({k[1] for k in entries})
         md.write(f"\n## {row.label} ({row.mode_text}), {column_label(column)} labels\n\n"
-                 f"{describe_protocol(json.loads(protocol))}.\n\n| trained on | " + " | ".join(evals) + " |\n|---|"
-                 + "---:|" * len(evals) + "\n")
-        for train in trains:
-            texts = []
-            for ev in evals:
-                if (train, ev) not in entries:
-                    texts.append("—")
-                    continue
-                t, cell = entries[(train, ev)]
-                text = cell_text(cell, METRICS[t.metrics[0]])
-                texts.append(text if t.cross else f"_{text}_")
-                writer.writerow([row.encoder, row.mode_text, protocol, column_label(column), t.key.train_task,
-                                 t.key.train_name, t.key.eval_task,
-                                 t.key.task_name, t.metrics[0], len(cell.runs), number_text(cell.mean), number_text(cell.std),
-                                 number_text(cell.ci and cell.ci[0]), number_text(cell.ci and cell.ci[1])])
-            md.write(f"| {train} | " + " | ".join(texts) + " |\n")
+                 f"{describe_protocol(json.loads(protocol))}.\n")
+        for group in _connected(entries):  # one matrix per experiment: the tasks its runs connect
+            trains, evals = sorted({k[0] for k in group}), sorted({k[1] for k in group})
+            md.write("\n| trained on | " + " | ".join(evals) + " |\n|---|" + "---:|" * len(evals) + "\n")
+            for train in trains:
+                texts = []
+                for ev in evals:
+                    if (train, ev) not in group:
+                        texts.append("—")
+                        continue
+                    t, cell = group[(train, ev)]
+                    text = cell_text(cell, METRICS[t.metrics[0]])
+                    texts.append(text if t.cross else f"_{text}_")
+                    writer.writerow([row.encoder, row.mode_text, protocol, column_label(column), t.key.train_task,
+                                     t.key.train_name, t.key.eval_task, t.key.task_name, t.metrics[0], len(cell.runs),
+                                     number_text(cell.mean), number_text(cell.std),
+                                     number_text(cell.ci and cell.ci[0]), number_text(cell.ci and cell.ci[1])])
+                md.write(f"| {train} | " + " | ".join(texts) + " |\n")
     return md.getvalue(), rows_csv.getvalue()
