@@ -16,7 +16,12 @@ from bench.data.corpus.embedded import CorpusConfig
 torch.set_flush_denormal(True)
 
 # Few enough clips that a training epoch takes about a second: 6 train, 1 valid, 1 test speaker.
-TINY_CORPUS = dict(speakers=8, words=3, renditions=2)
+# The training tests' thresholds (a loss that falls 10% in 24 steps, DINO's collapse without
+# centering) were set on clean audio. With the default channel mix on these 48 clips, measured:
+# simclr's 24-step curve is too noisy to show its trend (last/first 0.87 here, 0.94 in CI), and DINO
+# without centering stays at batch entropy 0.66 after 60 steps (threshold 0.62). The channels have
+# their own tests (tests/test_channels.py), so the corpus these tests train on keeps a clean channel.
+TINY_CORPUS = dict(speakers=8, words=3, renditions=2, channels="none")
 
 
 @pytest.fixture(scope="session", autouse=True)
