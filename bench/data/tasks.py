@@ -44,9 +44,10 @@ def resolve_task(spec: str, progress: bool = True) -> Manifest:
     base, conditions = split_subset(spec)
     if conditions:
         return _subset(resolve_task(base, progress), base, conditions)
-    if spec == "embedded" or spec.startswith("embedded:") or (spec.startswith("embedded-") and not Path(spec).exists()):
-        from bench.data.corpus.build import build_corpus
-        from bench.data.corpus.embedded import CorpusConfig
+    from bench.data.corpus.embedded import CorpusConfig, is_corpus_spec
+
+    if is_corpus_spec(spec):
+        from bench.data.corpus.build import build_corpus  # the builder, only for an embedded spec
 
         corpus = build_corpus(CorpusConfig.from_spec(spec), progress=progress)
         return corpus.manifest

@@ -186,11 +186,17 @@ def corpus_path(config: CorpusConfig, out_root: Path | None = None) -> Path:
     return Path(out_root or corpora_dir()) / f"embedded-{config.corpus_id}"
 
 
+def is_corpus_spec(spec: str) -> bool:
+    """`embedded`, `embedded:SIZE` or `embedded-PRESET[:SIZE]`, unless a file or folder of that name
+    exists (a built corpus's folder is itself called embedded-<id>)."""
+    return (spec == "embedded" or spec.startswith(("embedded:", "embedded-"))) and not Path(spec).exists()
+
+
 def find_corpus(path_or_size: str | Path = "default") -> EmbeddedCorpus:
     """A built corpus by folder, manifest path, size name (small/default/large) or corpus spec
     (embedded-flite:small)."""
     spec = str(path_or_size)
-    if spec in SIZES or (spec.startswith("embedded") and not Path(spec).exists()):
+    if spec in SIZES or is_corpus_spec(spec):
         config = CorpusConfig.from_spec(spec)
         path = corpus_path(config)
         if not (path / MANIFEST_NAME).is_file():

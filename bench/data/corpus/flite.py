@@ -37,6 +37,9 @@ ARPABET_TO_IPA = {
     "sh": "ʃ", "t": "t", "th": "θ", "v": "v", "w": "w", "y": "j", "z": "z", "zh": "ʒ",
 }
 PAUSES = {"pau", "h#", "brth"}
+# The shared libraries: the engine, its language and lexicon, then one per voice.
+CORE_LIBRARIES = ("flite", "flite_usenglish", "flite_cmulex")
+LIBRARIES = CORE_LIBRARIES + tuple(f"flite_cmu_us_{v}" for v in FLITE_VOICES)
 
 
 class FliteError(ConfigError):
@@ -68,7 +71,7 @@ def library_digest() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for name in ("flite", "flite_usenglish", "flite_cmulex", *(f"flite_cmu_us_{v}" for v in FLITE_VOICES)):
+    for name in LIBRARIES:
         path = _find(name)
         if path is None:
             raise FliteError(f"lib{name}.so.1 not found in {', '.join(LIBRARY_DIRS)}: {INSTALL_HINT}")
@@ -78,15 +81,14 @@ def library_digest() -> str:
 
 def available() -> bool:
     """Whether libflite and every voice library are installed here."""
-    return all(_find(n) for n in ("flite", "flite_usenglish", "flite_cmulex",
-                                  *(f"flite_cmu_us_{v}" for v in FLITE_VOICES)))
+    return all(_find(n) for n in LIBRARIES)
 
 
 class FliteSynthesizer:
     """libflite with its US English voices, in this process."""
 
     def __init__(self) -> None:
-        paths = {n: _find(n) for n in ("flite", "flite_usenglish", "flite_cmulex")}
+        paths = {n: _find(n) for n in CORE_LIBRARIES}
         if not all(paths.values()):
             raise FliteError(f"libflite not found in {', '.join(LIBRARY_DIRS)}: {INSTALL_HINT}")
         for path in paths.values():  # the voices resolve their language and lexicon symbols globally

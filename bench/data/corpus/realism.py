@@ -37,8 +37,9 @@ NORMALISING_BAND_HZ = 1000
 # 33 men and 28 women, averaged over ten vowels. Traunmuller, H. & Eriksson, A. (1995). The
 # frequency range of the voice fundamental in the speech of male and female adults (Stockholm
 # University): the typical values across published studies of running speech.
+PETERSON_BARNEY = "Peterson & Barney 1952 (isolated /hVd/ words)"
 F0_NORMS_HZ = {
-    "Peterson & Barney 1952 (isolated /hVd/ words)": {"male": 132.0, "female": 223.0},
+    PETERSON_BARNEY: {"male": 132.0, "female": 223.0},
     "Traunmuller & Eriksson 1995 (typical, running speech)": {"male": 120.0, "female": 210.0},
 }
 
@@ -263,13 +264,14 @@ def comparison_table(reports: dict[str, dict]) -> str:
         lines.append(f"| LTASS {centre} Hz: corpus - published | {published:+.1f} dB re 1 kHz | " + " | ".join(cells) + " |")
     lines.append("| LTASS RMS deviation over the bands | 0 | " + " | ".join(
         f"{r['ltass_rms_deviation_db']:.1f} dB" if "ltass_rms_deviation_db" in r else "—" for r in reports.values()) + " |")
-    for gender, source in (("female", "Peterson & Barney 1952"), ("male", "Peterson & Barney 1952")):
+    for gender in ("female", "male"):
         cells = []
         for r in reports.values():
             row = next((f for f in r.get("f0", []) if f["gender"] == gender), None)
             cells.append("—" if row is None else f"{row['mean_hz']:.0f} Hz ({row['voiced_clips']}/{row['clips']} voiced)")
-        published = F0_NORMS_HZ[next(s for s in F0_NORMS_HZ if s.startswith(source))][gender]
-        lines.append(f"| F0 {gender}: mean of clip medians | {published:g} Hz ({source}) | " + " | ".join(cells) + " |")
+        published = F0_NORMS_HZ[PETERSON_BARNEY][gender]
+        lines.append(f"| F0 {gender}: mean of clip medians | {published:g} Hz (Peterson & Barney 1952) | "
+                     + " | ".join(cells) + " |")
     lines.append("| stressed vowel duration / the isolated /hVd/ vowel's (Hillenbrand et al. 1995) | 1.00 | " + " | ".join(
         f"{r['vowel_duration_mean_ratio']:.2f}" if r.get("vowel_duration_mean_ratio") else "—" for r in reports.values()) + " |")
     for gender in ("female", "male"):
