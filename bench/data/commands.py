@@ -55,26 +55,50 @@ def _cmd_corpus_check(args: argparse.Namespace) -> int:
           f"speech span {nearest_centroid_accuracy(corpus, speech_only=True):.3f}")
     if args.realism_clips > 0:
         _realism(corpus, args.realism_clips)
+    if args.lipreading_clips > 0:
+        _lipreading(corpus, args.lipreading_clips, args.lipreading_epochs)
     return 0
 
 
-def _realism(corpus, clips: int) -> None:
-    """Print the realism report and keep its figures in the corpus's manifest.json ("realism"); the
-    manifest id hashes manifest.csv only, so records and caches of the corpus stay valid."""
+def _keep_in_meta(corpus, key: str, value: dict) -> None:
+    """Keep a check's figures in the corpus's manifest.json under `key`; the manifest id hashes
+    manifest.csv only, so records and caches of the corpus stay valid."""
     import json
 
-    from bench.data.audio import TARGET_SAMPLE_RATE
-    from bench.data.corpus.realism import embedded_clean_sample, realism_report, report_text
     from bench.data.manifest import META_NAME
     from bench.files import atomic_write_bytes
 
-    report = realism_report(embedded_clean_sample(corpus, clips=clips), sample_rate=TARGET_SAMPLE_RATE)
-    print(report_text(report))
     meta_path = corpus.path / META_NAME
     meta = json.loads(meta_path.read_text())
-    meta["realism"] = report.to_dict()
+    meta[key] = value
     atomic_write_bytes(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    print(f"realism figures written to {meta_path} (key 'realism')")
+    print(f"{key} figures written to {meta_path} (key {key!r})")
+
+
+def _lipreading(corpus, clips: int, epochs: int) -> None:
+    from bench.data.corpus.lipreading import lipreading_check, report_text
+
+    report = lipreading_check(corpus, max_train_clips=clips, epochs=epochs)
+    print(report_text(report))
+    _keep_in_meta(corpus, "lipreading", report.to_dict())
+
+
+def _realism(corpus, clips: int) -> None:
+    """Print the realism report and keep its figures in the corpus's manifest.json ("realism")."""
+    from bench.data.audio import TARGET_SAMPLE_RATE
+    from bench.data.corpus.realism import embedded_clean_sample, realism_report, report_text
+
+    report = realism_report(embedded_clean_sample(corpus, clips=clips), sample_rate=TARGET_SAMPLE_RATE)
+    print(report_text(report))
+    _keep_in_meta(corpus, "realism", report.to_dict())
+
+
+def _cmd_corpus_frames(args: argparse.Namespace) -> int:
+    from bench.data.corpus.contact_sheet import contact_sheet
+    from bench.data.corpus.embedded import find_corpus
+
+    print(f"wrote {contact_sheet(find_corpus(args.path), Path(args.out), rows=args.rows)}")
+    return 0
 
 
 def _cmd_corpus_compare(args: argparse.Namespace) -> int:
@@ -183,7 +207,8 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
                       help="corpus folder, manifest, size name, or corpus spec such as embedded-flite:small "
                            "(default: default)")
     info.set_defaults(func=_cmd_corpus_info)
-    check = corpus_sub.add_parser("check", help="data sanity figures: mouth/audio correlation, word separability")
+    check = corpus_sub.add_parser("check", help="data sanity figures: mouth/audio correlation, word separability, "
+                                   "realism, lip reading")
     check.add_argument("path", nargs="?", default="default",
                        help="corpus folder, manifest, size name, or corpus spec such as embedded-flite:small "
                            "(default: default)")
@@ -192,7 +217,19 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--realism-clips", dest="realism_clips", type=int, default=240,
                        help="clips whose clean speech is re-synthesised for the realism report (LTASS and F0 "
                             "against published values; about 0.2 s of CPU each); 0 skips it (default 240)")
+    check.add_argument("--lipreading-clips", dest="lipreading_clips", type=int, default=2880,
+                       help="training clips of the lip-reading check (a word reader on frames, tracks and audio, "
+                            "scored on unseen test speakers; an eighth as many valid and test clips); 0 skips it "
+                            "(default 2880: one rendition of the default corpus, about 10 CPU minutes)")
+    check.add_argument("--lipreading-epochs", dest="lipreading_epochs", type=int, default=15,
+                       help="epochs of each lip-reading classifier (default 15)")
     check.set_defaults(func=_cmd_corpus_check)
+    frames = corpus_sub.add_parser("frames", help="a contact sheet (PNG) of the mouth frames of test-speaker clips")
+    frames.add_argument("path", nargs="?", default="default",
+                        help="corpus folder, manifest, size name, or corpus spec (default: default)")
+    frames.add_argument("--out", required=True, help="the PNG to write")
+    frames.add_argument("--rows", type=int, default=8, help="clips shown, one word each (default 8)")
+    frames.set_defaults(func=_cmd_corpus_frames)
     compare = corpus_sub.add_parser("compare", help="the realism figures of corpora side by side (markdown)")
     compare.add_argument("corpora", nargs="+", help="corpus folders or specs, each checked by `avbench corpus check`")
     compare.set_defaults(func=_cmd_corpus_compare)

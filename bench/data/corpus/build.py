@@ -34,10 +34,12 @@ from bench.data.corpus.channels import CHANNEL_MIXES, apply_channel, draw_channe
 from bench.data.corpus.embedded import GENERATOR_VERSION, CorpusConfig, EmbeddedCorpus, corpus_path
 from bench.data.corpus.engines import Rendered
 from bench.data.corpus.speakers import STYLES, Speaker, assign_splits, make_speakers
-from bench.data.corpus.visemes import VIDEO_FPS, articulation_track
+from bench.data.corpus.articulation import speaker_track
+from bench.data.corpus.visemes import VIDEO_FPS
 from bench.data.manifest import MANIFEST_NAME, write_manifest
 
 CHANNEL_STREAM = 0xC4A7  # the extra seed word of each clip's channel draws
+ARTICULATION_STREAM = 0xA27C  # ... and of its articulation draws (offset, excursion, motor noise)
 
 # Opening gain by espeak stress mark: primary, secondary, unstressed.
 STRESS_OPENING_GAIN = {"ˈ": 1.15, "ˌ": 1.0, "": 0.9}
@@ -160,12 +162,17 @@ def _make_clip(config: CorpusConfig, speaker: Speaker, spk_idx: int, word_idx: i
     style_gain = 1.0 + 0.05 * style.gain_db
     phonemes = [(s, a + shift, b + shift, style_gain * STRESS_OPENING_GAIN.get(stress, 1.0))
                 for s, a, b, stress in rendered.phonemes]
-    track = articulation_track(phonemes, config.clip_seconds, fps=VIDEO_FPS)
+    # Its own stream too, so the audio is what version 3 made; the speaker's habitual rate and the
+    # style's set how fast the clip is said (faster: smaller gestures).
+    track, articulation = speaker_track(phonemes, config.clip_seconds, speaker.articulation,
+                                        _clip_rng(config, spk_idx, word_idx, rendition, ARTICULATION_STREAM),
+                                        rate_wpm=speaker.rate * style.rate, fps=VIDEO_FPS)
     info = {"emotion": style_name, "snr_db": round(snr, 2), "noise_type": noise_type,
             "reverb_rt60": round(rt60, 3), "trimmed": trimmed,
             "start": round(lo / TARGET_SAMPLE_RATE, 4),
             "end": round(min(lo + len(speech), n) / TARGET_SAMPLE_RATE, 4),
-            "phonemes": " ".join(p[0] for p in rendered.phonemes)}
+            "phonemes": " ".join(p[0] for p in rendered.phonemes),
+            "av_offset_ms": round(1000.0 * articulation.offset_s, 1)}
     if channel is not None:
         info["channel"] = channel.name
     return clip, track, info

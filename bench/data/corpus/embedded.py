@@ -4,7 +4,8 @@ and frames rendered on demand). Building it is bench.data.corpus.build's job.
 
 Layout of a built corpus (`$AVBENCH_DATA/corpora/embedded-<id>/`):
   manifest.csv, manifest.json   the manifest (bench.data.manifest), one row per clip
-  speakers.csv                  one row per synthetic speaker: voice, prosody, face identity
+  speakers.csv                  one row per synthetic speaker: voice, prosody, face identity,
+                                articulation style (version 4 on)
   audio/WORD/SPK_nohash_R.wav   16 kHz mono PCM16
   tracks/WORD/SPK_nohash_R.npy  float32 [25, 3] articulation track
   noise/*.wav                   background-noise set kept aside (not mixed into any clip)
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,7 +35,11 @@ from bench.paths import corpora_dir
 # Bump when bench.data.corpus.build's output changes for the same config: old corpora get new ids.
 # 2: rand() seeded per utterance; non-reproducible variants dropped.
 # 3: recording channels on by default (the "default" mix); a voice engine per corpus (espeak, flite).
-GENERATOR_VERSION = 3
+# 4: per-speaker articulation (bench.data.corpus.articulation) and camera-like frames
+#    (bench.data.corpus.camera); the audio is version 3's.
+GENERATOR_VERSION = 4
+# Corpora built before version 4 keep the frames they were trained on: flat cartoon lips.
+CAMERA_FRAMES_SINCE = 4
 
 # The vocabulary is Speech Commands v0.01's, so the embedded corpus and SPC share a label space.
 SPEECH_COMMANDS_WORDS = V001_WORDS
@@ -156,10 +162,7 @@ class EmbeddedCorpus:
     def face(self, speaker: str):
         from bench.data.corpus.mouth import FaceIdentity
 
-        row = self.speakers[self.speakers["speaker"] == speaker]
-        if row.empty:
-            raise KeyError(f"speaker {speaker!r} is not in {self.path / 'speakers.csv'}")
-        return FaceIdentity.from_dict(row.iloc[0].to_dict())
+        return FaceIdentity.from_dict(self._speaker_row(speaker))
 
     @cached_property
     def _by_clip(self) -> pd.DataFrame:
@@ -168,18 +171,47 @@ class EmbeddedCorpus:
     def track(self, clip_id: str) -> np.ndarray:
         return np.load(self.manifest.resolve(self._by_clip.loc[clip_id, "mouth_track"]))
 
+    @cached_property
+    def camera_frames(self) -> bool:
+        """Whether the frames are filmed (version 4 on) or the flat cartoon of version 3 and before."""
+        return int(self.manifest.meta.get("generator_version", 0)) >= CAMERA_FRAMES_SINCE
+
+    def articulation(self, speaker: str):
+        from bench.data.corpus.articulation import ArticulationStyle
+
+        return ArticulationStyle.from_dict(self._speaker_row(speaker))
+
+    def _speaker_row(self, speaker: str) -> dict:
+        row = self.speakers[self.speakers["speaker"] == speaker]
+        if row.empty:
+            raise KeyError(f"speaker {speaker!r} is not in {self.path / 'speakers.csv'}")
+        return row.iloc[0].to_dict()
+
+    def _texture_seed(self, speaker: str) -> int:
+        return zlib.crc32(f"{self.manifest.meta.get('corpus_id')}:{speaker}".encode())
+
     def frames(self, clip_id: str, size: int = 64) -> np.ndarray:
         """Render the clip's mouth frames [25, size, size] uint8 on demand."""
+        from bench.data.corpus.camera import render_camera_frames
         from bench.data.corpus.mouth import render_frames
 
         speaker = self._by_clip.loc[clip_id, "speaker"]
         seed = int(hashlib.sha256(clip_id.encode()).hexdigest()[:8], 16)
-        return render_frames(self.track(clip_id), self.face(speaker), size=size, jitter_seed=seed)
+        if not self.camera_frames:
+            return render_frames(self.track(clip_id), self.face(speaker), size=size, jitter_seed=seed)
+        return render_camera_frames(self.track(clip_id), self.face(speaker),
+                                    jaw_share=self.articulation(speaker).jaw_share,
+                                    texture_seed=self._texture_seed(speaker), clip_seed=seed, size=size)
 
     def identity_frame(self, speaker: str, size: int = 64) -> np.ndarray:
+        from bench.data.corpus.camera import camera_identity_frame
         from bench.data.corpus.mouth import identity_frame
+        from bench.data.corpus.visemes import REST
 
-        return identity_frame(self.face(speaker), size=size)
+        if not self.camera_frames:
+            return identity_frame(self.face(speaker), size=size)
+        return camera_identity_frame(self.face(speaker), REST, jaw_share=self.articulation(speaker).jaw_share,
+                                     texture_seed=self._texture_seed(speaker), size=size)
 
 
 def corpus_path(config: CorpusConfig, out_root: Path | None = None) -> Path:
@@ -230,7 +262,8 @@ def summary_text(corpus: EmbeddedCorpus) -> str:
                     "coded": channel.str.contains("|".join(map(re.escape, CODECS))), "agc": channel.str.contains("agc")}
         lines.append(f"channel:  mix {meta['config'].get('channels')}: " + ", ".join(
             f"{name} {int(mask.sum())}" for name, mask in families.items()) + f" of {len(table)} clips")
-    lines.append("video:    25 fps mouth tracks, frames rendered on demand (64x64)")
+    lines.append("video:    25 fps mouth tracks, frames rendered on demand (64x64, "
+                 + ("filmed: lighting, head motion, blur, H.264)" if corpus.camera_frames else "flat cartoon lips)"))
     lines.append(f"built in {meta.get('build_seconds')} s with {meta.get('workers')} worker(s)")
     lines.append(f"path:     {corpus.path}")
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Synthetic speakers and speaking styles of the embedded corpus.
 
 A speaker is a fixed tuple: accent and voice (an espeak variant, or a Flite voice), base pitch,
-pitch range, rate, a vocal-tract-length warp (applied by resampling) and a face identity for the
-rendered mouth. Pitch, range and rate are on espeak's scales for both engines
+pitch range, rate, a vocal-tract-length warp (applied by resampling), a face identity for the
+rendered mouth and an articulation style (bench.data.corpus.articulation). Pitch, range and rate are on espeak's scales for both engines
 (bench.data.corpus.engines maps them onto Flite's controls).
 A style is a prosody offset (pitch level and range, rate, loudness). The corpus labels clips with
 it as `emotion`, but it is a prosody proxy, not acted emotion.
@@ -10,10 +10,11 @@ it as `emotion`, but it is a prosody proxy, not acted emotion.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from bench.data.corpus.articulation import ArticulationStyle
 from bench.data.corpus.espeak import ENGLISH_ACCENTS
 from bench.data.corpus.flite import FLITE_VOICE_GENDER, FLITE_VOICES
 from bench.data.corpus.mouth import FaceIdentity
@@ -55,10 +56,12 @@ class Speaker:
     rate: int           # words per minute
     vtl_warp: float     # >1 means a shorter vocal tract: formants and pitch scale up
     face: FaceIdentity
+    articulation: ArticulationStyle = ArticulationStyle()
 
     def to_row(self) -> dict:
-        row = {k: v for k, v in asdict(self).items() if k != "face"}
+        row = {k: v for k, v in asdict(self).items() if k not in ("face", "articulation")}
         row.update(self.face.to_dict())
+        row.update(self.articulation.to_dict())
         return row
 
 
@@ -70,10 +73,12 @@ FLITE_WARPS = {"slt": (0.96, 1.08), "rms": (1.00, 1.12), "awb": (0.94, 1.06), "k
 
 
 def make_speakers(count: int, seed: int, engine: str = "espeak") -> list[Speaker]:
-    """`count` distinct speakers of the engine's voices, half of each gender."""
-    if engine == "flite":
-        return _flite_speakers(count, seed)
-    return _espeak_speakers(count, seed)
+    """`count` distinct speakers of the engine's voices, half of each gender, each with an
+    articulation style. The styles come from their own random stream, so voices and faces are the
+    ones drawn before styles existed (generator version 3)."""
+    speakers = _flite_speakers(count, seed) if engine == "flite" else _espeak_speakers(count, seed)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA271]))
+    return [replace(s, articulation=ArticulationStyle.sample(rng)) for s in speakers]
 
 
 def _espeak_speakers(count: int, seed: int) -> list[Speaker]:

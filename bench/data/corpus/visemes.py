@@ -115,16 +115,33 @@ def articulation_track(phonemes: list[Phone], duration_s: float,
                        fps: int = VIDEO_FPS, smoothing_s: float = 0.025) -> np.ndarray:
     """The [T, 3] track at `fps` for a clip of `duration_s`, T = round(duration_s * fps).
 
+    Every speaker articulates alike here: generator version 3 and before built tracks with it.
+    Version 4 adds each speaker's articulation (bench.data.corpus.articulation).
+    """
+    times, targets = articulation_keys(phonemes)
+    return frames_from_keys(times, targets, duration_s, fps=fps, smoothing_s=smoothing_s)
+
+
+def frames_from_keys(times: np.ndarray, targets: np.ndarray, duration_s: float, fps: int = VIDEO_FPS,
+                     smoothing_s: float = 0.025, advance_s: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """Targets at key times -> the [T, 3] per-frame track, each channel in [0, 1].
+
     Targets are interpolated at 1 ms, smoothed with a Gaussian (coarticulation: lips cannot jump
-    between targets) and averaged over each video frame's interval [k/fps, (k+1)/fps).
+    between targets) and averaged over each video frame's interval [k/fps, (k+1)/fps). A channel
+    with `advance_s` > 0 also starts each gesture that much earlier (anticipatory coarticulation:
+    the lips round before a rounded vowel, while its preceding consonants are still sounding).
     """
     n_frames = int(round(duration_s * fps))
     step = 0.001
     t = np.arange(int(round(n_frames / fps / step))) * step + step / 2
-    times, targets = articulation_keys(phonemes)
     if len(times) == 0:
         return np.tile(np.asarray(REST, dtype=np.float32), (n_frames, 1))
     curve = np.stack([np.interp(t, times, targets[:, c], left=REST[c], right=REST[c]) for c in range(3)], axis=1)
+    for c, advance in enumerate(advance_s):
+        if advance > 0:
+            # The gesture toward a higher value begins `advance` early; the way back is unchanged.
+            ahead = np.interp(t + advance, times, targets[:, c], left=REST[c], right=REST[c])
+            curve[:, c] = np.maximum(curve[:, c], ahead)
     sigma = smoothing_s / step
     radius = int(3 * sigma)
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
