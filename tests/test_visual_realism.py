@@ -122,11 +122,12 @@ def test_version_3_corpora_keep_their_cartoon_frames(small_corpus):
 
 
 def test_tracks_of_one_word_differ_between_speakers(small_corpus):
-    # Version 3 tracks of one word were the same gesture for every speaker of an accent, up to timing.
+    # Version 3 spread every speaker's lips alike: the widest point of "yes" varied by 0.0015 (sd
+    # over 20 speakers of the default corpus) and the roundest of "two" by 0.042. Version 4: 0.079, 0.156.
     t = small_corpus.manifest.table
-    yes = t[t["label"] == "yes"]
-    peaks = [small_corpus.track(c)[:, 0].max() for c in yes["clip_id"]]
-    assert np.std(peaks) > 0.05
+    widest = [small_corpus.track(c)[:, 1].max() for c in t.loc[t["label"] == "yes", "clip_id"]]
+    roundest = [small_corpus.track(c)[:, 2].max() for c in t.loc[t["label"] == "two", "clip_id"]]
+    assert np.std(widest) > 0.03 and np.std(roundest) > 0.08
 
 
 def test_viseme_sequences_merge_words_that_look_alike():
