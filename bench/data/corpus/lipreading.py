@@ -164,14 +164,17 @@ def _augment_frames(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_reader(x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], n_words: int, frames: bool,
-                 epochs: int, seed: int = 0, batch_size: int = 32) -> tuple[WordReader, int, float]:
+                 epochs: int, seed: int = 0, batch_size: int = 32, progress: bool = False,
+                 label: str = "") -> tuple[WordReader, int, float]:
     """Train on x['train'], keep the epoch best on x['valid']; returns the model, that epoch, its test accuracy."""
+    from tqdm import tqdm
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = WordReader(n_words, None if frames else x["train"].shape[-1])
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
     best = (-1.0, 0, None)
-    for epoch in range(1, epochs + 1):
+    for epoch in tqdm(range(1, epochs + 1), desc=f"lip-reading {label} reader", unit="epoch", disable=not progress):
         model.train()
         order = torch.randperm(len(x["train"]), generator=gen)
         for start in range(0, len(order), batch_size):
@@ -263,7 +266,7 @@ def lipreading_check(corpus: EmbeddedCorpus, max_train_clips: int = 2880, epochs
     for kind in ("frames", "tracks", "audio"):
         started = time.time()
         model, best_epoch, accuracy = train_reader(inputs[kind], labels, len(words), frames=kind == "frames",
-                                                   epochs=epochs, seed=seed)
+                                                   epochs=epochs, seed=seed, progress=progress, label=kind)
         readings[kind] = _reading(model, best_epoch, accuracy, inputs[kind]["test"], labels["test"], words, near,
                                   time.time() - started)
     return LipReadingReport(frames=readings["frames"], tracks=readings["tracks"], audio=readings["audio"],
