@@ -108,7 +108,8 @@ def test_corpus_check_prints_the_realism_report_and_keeps_it_in_the_manifest(sma
     from bench.cli import main
 
     csv_before = (small_corpus.path / "manifest.csv").read_bytes()
-    assert main(["corpus", "check", str(small_corpus.path), "--max-clips", "50", "--realism-clips", "24"]) == 0
+    assert main(["corpus", "check", str(small_corpus.path), "--max-clips", "50", "--realism-clips", "24",
+                 "--lipreading-clips", "0"]) == 0
     out = capsys.readouterr().out
     assert "Byrne et al. 1994" in out and "RMS deviation over 19 bands" in out
     assert "male:" in out and "female:" in out

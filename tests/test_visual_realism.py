@@ -15,7 +15,7 @@ from bench.data.corpus import speakers as speakers_module
 from bench.data.corpus.articulation import ArticulationStyle, speaker_track
 from bench.data.corpus.camera import h264_roundtrip, render_camera_frames
 from bench.data.corpus.embedded import EmbeddedCorpus
-from bench.data.corpus.lipreading import (NEAREST_LOOKALIKES, lookalikes, train_reader, viseme_sequence,
+from bench.data.corpus.lipreading import (NEAREST_LOOKALIKES, lookalikes, motion_frames, train_reader, viseme_sequence,
                                           word_visemes)
 from bench.data.corpus.mouth import FaceIdentity, render_frames
 from bench.data.corpus.speakers import make_speakers
@@ -148,16 +148,19 @@ def test_the_word_reader_learns_separable_sequences_and_keeps_the_best_epoch():
     gen = torch.Generator().manual_seed(0)
     centres = torch.randn(4, 1, 3, generator=gen) * 2
 
-    def split(n):
+    ramp = torch.linspace(-1.0, 1.0, 25)[None, :, None]
+
+    def split(n):  # each class moves its three features its own way over the clip
         y = torch.arange(n) % 4
-        return centres[y] + 0.3 * torch.randn(n, 25, 3, generator=gen), y
+        return centres[y] * ramp + 0.3 * torch.randn(n, 25, 3, generator=gen), y
 
     x, y = {}, {}
     for name, n in (("train", 64), ("valid", 16), ("test", 16)):
         x[name], y[name] = split(n)
     _, epoch, accuracy = train_reader(x, y, n_words=4, frames=False, epochs=6)
     assert accuracy == 1.0 and 1 <= epoch <= 6
-    # the same sequences drawn as frames: three horizontal bands, one per feature
+    # the same sequences drawn as frames: three horizontal bands, one per feature (the reader sees
+    # each clip minus its mean frame, so what tells the classes apart must move)
     frames = {k: (v.repeat_interleave(11, dim=-1)[..., :32, None] * 40 + 128).clamp(0, 255).to(torch.uint8)
               .expand(-1, -1, 32, 32).contiguous() for k, v in x.items()}
     _, _, frame_accuracy = train_reader(frames, y, n_words=4, frames=True, epochs=10)
@@ -174,3 +177,12 @@ def test_cli_corpus_check_runs_the_lipreading_check_and_keeps_it(small_corpus, c
         assert expected in out
     kept = json.loads((small_corpus.path / "manifest.json").read_text())["lipreading"]
     assert kept["train_clips"] == 96 and 0.0 <= kept["frames"]["accuracy"] <= 1.0
+
+
+def test_motion_frames_cancel_the_static_face_and_the_exposure():
+    gen = torch.Generator().manual_seed(0)
+    face = torch.randint(0, 200, (1, 1, 16, 16), generator=gen).to(torch.float32)
+    moving = face + torch.linspace(0, 30, 25)[None, :, None, None] * (torch.arange(16) < 8)[None, None, :, None]
+    brighter = 1.3 * moving + 20  # another exposure of the same clip
+    assert torch.allclose(motion_frames(moving), motion_frames(brighter), atol=1e-3)
+    assert motion_frames(face.expand(1, 25, 16, 16)).abs().max() == 0
