@@ -7,9 +7,8 @@ because people differ in how much and how they move their lips, and the video is
 step with the sound. Version 4 draws, per speaker, an `ArticulationStyle`:
 
   gain           excursion around the rest pose: hypo-articulated (< 1, mumbled, small mouth
-                 movements) to hyper-articulated (> 1) speech. Lip-aperture ranges differ about
-                 two-fold between talkers (Kricos & Lesner 1982 found talkers' visual
-                 intelligibility differs widely for the same reason).
+                 movements) to hyper-articulated (> 1) speech, log-uniform in 0.6-1.3. Talkers'
+                 visual intelligibility differs widely (Kricos & Lesner 1982); the range is ours.
   spread_bias    habitual lip spreading (+) or rounding (-) while speaking.
   rounding_gain  how much the talker rounds and protrudes for rounded vowels and /w r ʃ/.
   jaw_share      how much of the opening is jaw (lower lip and lower teeth drop) versus lips (both
@@ -18,13 +17,16 @@ step with the sound. Version 4 draws, per speaker, an `ArticulationStyle`:
                  Fixed in seconds, so a faster clip's shorter phones overlap more (target undershoot
                  at fast rates, Lindblom 1963).
   anticipation_s anticipatory lip rounding: protrusion begins this long before a rounded vowel, over
-                 the preceding consonants; 40-150 ms (Benguerel & Cowan 1974; Perkell & Matthies 1992
-                 report onsets 100-200 ms ahead, speaker-dependent).
-  visual_lead_s  the speaker's mean lead of mouth over sound. Each clip draws its own offset around
-                 it, kept in [-40, +120] ms (mouth earlier is positive): inside the window in which
-                 listeners still fuse audio and video (about -30 ms audio lead to +170 ms audio lag,
-                 van Wassenhove, Grant & Poeppel 2007) and close to the asynchrony that broadcast
-                 standards still accept (ITU-R BT.1359: detectable at 45 ms audio early, 125 ms late).
+                 the preceding consonants, 40-150 ms here. Rounding reaches back over as many as four
+                 consonants before /u/ (Daniloff & Moll 1968), in French from the first of a
+                 cluster of four to six (Benguerel & Cowan 1974); how far varies with the talker.
+  visual_lead_s  the speaker's mean lead of mouth over sound, 0-40 ms. Each clip draws its own offset
+                 around it (sd 20 ms), kept in [-40, +120] ms (mouth earlier is positive): inside the
+                 window in which listeners still fuse audio and video (-30 ms audio lead to +170 ms
+                 audio lag, van Wassenhove, Grant & Poeppel 2007) and the asynchrony broadcast
+                 viewers detect (ITU-R BT.1359-1: 45 ms audio early, 125 ms audio late). Mouth
+                 movements start 100-300 ms before the voice in natural speech (Chandrasekaran et
+                 al. 2009); the tracks' 60 ms pre-speech movement (visemes.py) is that, smaller.
   motor_noise    the sd of per-frame articulatory noise (an AR(1) process at 25 fps, rho 0.6) while
                  the mouth moves, a quarter of it at rest: the same word is never said with quite
                  the same gesture.
