@@ -27,7 +27,7 @@ step with the sound. Version 4 draws, per speaker, an `ArticulationStyle`:
                  viewers detect (ITU-R BT.1359-1: 45 ms audio early, 125 ms audio late). Mouth
                  movements start 100-300 ms before the voice in natural speech (Chandrasekaran et
                  al. 2009); the tracks' 60 ms pre-speech movement (visemes.py) is that, smaller.
-  motor_noise    the sd of per-frame articulatory noise (an AR(1) process at 25 fps, rho 0.6) while
+  motor_noise    the sd (0.015-0.05) of per-frame articulatory noise (an AR(1) process at 25 fps, rho 0.6) while
                  the mouth moves, a quarter of it at rest: the same word is never said with quite
                  the same gesture.
 
