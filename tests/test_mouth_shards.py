@@ -291,10 +291,9 @@ def test_the_embedded_corpus_is_rendered_once_into_shards_with_the_same_bytes(tm
     assert rendered.decoded_clips == len(rows)
 
     shards = MouthFrameSource(manifest)
-    with pytest.MonkeyPatch.context() as patch:  # rendering needs no video decoder: PyAV unimportable
-        patch.setitem(sys.modules, "av", None)
-        patch.delitem(sys.modules, "bench.data.video", raising=False)
-        shards.ensure_shards(progress=False)
+    # Since generator version 4 rendering encodes each clip with H.264 (PyAV), in the shard
+    # writer's processes as in this one: the bytes must still be the same.
+    shards.ensure_shards(progress=False)
     assert shards.sharded and (manifest.root / SHARD_FOLDER / "index.json").is_file()
     got = shards.batch(rows, firsts, 25)
     for a, b in zip(expected, got):
