@@ -42,7 +42,7 @@ def main() -> None:
         corpus = (find_corpus(args.corpus) if args.corpus else
                   build_corpus(CorpusConfig.from_size("small"), out_root=tmp, progress=False))
         table = corpus.manifest.table.head(args.clips)
-        clips = [(corpus.track(c), corpus.face(s), corpus.articulation(s).jaw_share, corpus._texture_seed(s),
+        clips = [(corpus.track(c), corpus.face(s), corpus.articulation(s).jaw_share, corpus.texture_seed(s),
                   int(hashlib.sha256(c.encode()).hexdigest()[:8], 16)) for c, s in zip(table["clip_id"], table["speaker"])]
         frames = sum(len(c[0]) for c in clips)
 

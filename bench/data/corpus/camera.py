@@ -95,10 +95,18 @@ def _skin_texture(u: np.ndarray, v: np.ndarray, seed: int) -> np.ndarray:
     return map_coordinates(_texture_map(seed), [(v + 1.5) * scale, (u + 1.5) * scale], order=1, mode="nearest")
 
 
-def _head_coordinates(size: int, filming: Filming, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame [T, S, S] coordinates of each pixel in the head's frame (inverse of its pose)."""
+@lru_cache(maxsize=8)
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) [S, S] of each pixel centre in [-1, 1], shared read-only by every frame of that size."""
     coords = (np.arange(size) + 0.5) / size * 2.0 - 1.0
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
+def _head_coordinates(size: int, filming: Filming, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame [T, S, S] coordinates of each pixel in the head's frame (inverse of its pose)."""
+    yy, xx = _pixel_grid(size)
     k = np.minimum(np.arange(n_frames), len(filming.scale) - 1)
     cos, sin = np.cos(filming.rotation[k])[:, None, None], np.sin(filming.rotation[k])[:, None, None]
     x = (xx[None] - filming.shift[k, 0, None, None]) / filming.scale[k, None, None]
@@ -153,8 +161,7 @@ def _draw(track: np.ndarray, face: FaceIdentity, jaw_share: float, texture_seed:
     image = image * (1 - upper_teeth) + 0.86 * teeth_gaps * upper_teeth
     image = image * (1 - lower_teeth) + 0.78 * teeth_gaps * lower_teeth
 
-    coords = (np.arange(size) + 0.5) / size * 2.0 - 1.0
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    yy, xx = _pixel_grid(size)
     light = 1.0 + filming.light_strength * (np.cos(filming.light_angle) * xx + np.sin(filming.light_angle) * -yy)
     flicker = filming.flicker[np.minimum(np.arange(n), len(filming.flicker) - 1), None, None]
     return np.clip(image * light[None] * filming.exposure * flicker, 0.0, 1.0) ** filming.gamma

@@ -187,7 +187,8 @@ class EmbeddedCorpus:
             raise KeyError(f"speaker {speaker!r} is not in {self.path / 'speakers.csv'}")
         return row.iloc[0].to_dict()
 
-    def _texture_seed(self, speaker: str) -> int:
+    def texture_seed(self, speaker: str) -> int:
+        """The seed of the speaker's skin texture map (camera.py): fixed per corpus and speaker."""
         return zlib.crc32(f"{self.manifest.meta.get('corpus_id')}:{speaker}".encode())
 
     def frames(self, clip_id: str, size: int = 64) -> np.ndarray:
@@ -201,7 +202,7 @@ class EmbeddedCorpus:
             return render_frames(self.track(clip_id), self.face(speaker), size=size, jitter_seed=seed)
         return render_camera_frames(self.track(clip_id), self.face(speaker),
                                     jaw_share=self.articulation(speaker).jaw_share,
-                                    texture_seed=self._texture_seed(speaker), clip_seed=seed, size=size)
+                                    texture_seed=self.texture_seed(speaker), clip_seed=seed, size=size)
 
     def identity_frame(self, speaker: str, size: int = 64) -> np.ndarray:
         from bench.data.corpus.camera import camera_identity_frame
@@ -211,7 +212,7 @@ class EmbeddedCorpus:
         if not self.camera_frames:
             return identity_frame(self.face(speaker), size=size)
         return camera_identity_frame(self.face(speaker), REST, jaw_share=self.articulation(speaker).jaw_share,
-                                     texture_seed=self._texture_seed(speaker), size=size)
+                                     texture_seed=self.texture_seed(speaker), size=size)
 
 
 def corpus_path(config: CorpusConfig, out_root: Path | None = None) -> Path:
