@@ -125,6 +125,7 @@ class APC(Encoder):
         self.win_size, self.hop, self.n_fft = kaldi.window_sizes(self.sample_rate, self.frame_length,
                                                                  self.frame_shift, self.round_to_power_of_two)
         self.frame_rate = self.sample_rate / self.hop
+        self.first_frame_centre_s = (self.win_size - 1) / 2 / self.sample_rate  # Kaldi's snip_edges frames
         self.dim = self.hidden_size
         banks = kaldi.mel_banks(self.input_size, self.n_fft, float(self.sample_rate), self.low_freq, self.high_freq)
         # Non-persistent buffers follow .to(device) but stay out of state_dict, which must be s3prl's.

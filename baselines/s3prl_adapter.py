@@ -284,6 +284,9 @@ class S3PRLEncoder(Encoder):
         self.dim = self.hidden_sizes[self.layer]
         self.downsample_rate = int(rate)
         self.frame_rate = SAMPLE_RATE / self.downsample_rate
+        # s3prl does not report receptive fields; its conv front ends (no padding) centre frame 0
+        # near half a hop (wav2vec 2.0/HuBERT: 12.5 ms for a 20 ms hop).
+        self.first_frame_centre_s = self.downsample_rate / 2 / SAMPLE_RATE
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Build from an s3prl checkpoint, or load avbench-format weights into the built upstream.

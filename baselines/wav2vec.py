@@ -126,6 +126,8 @@ class Wav2Vec(Encoder):
         self.dim = agg[-1][0]
         self.receptive_field, self.hop = receptive_field(feat)
         self.frame_rate = self.sample_rate / self.hop
+        # Unpadded convs: frame 0 sees samples [0, receptive_field). (The aggregator adds past context.)
+        self.first_frame_centre_s = (self.receptive_field - 1) / 2 / self.sample_rate
 
     # -- features --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ a file that pickles any other global is refused, with the global named.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import pickle
 import re
@@ -23,10 +24,23 @@ from bench.errors import ConfigError
 from bench.files import atomic_write_bytes
 
 
+def _numpy_multiarray() -> Any:
+    """numpy._core.multiarray (numpy 2), else numpy.core.multiarray (numpy 1.x, whose numpy._core is
+    only a stub without it: the HEAR environment runs numpy 1.26)."""
+    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "scalar"):
+            return module
+    raise ImportError("numpy has neither numpy._core.multiarray nor numpy.core.multiarray")
+
+
 def _numpy_data_globals() -> list[Any]:
     """numpy's scalar/array reconstruction helpers: they rebuild values from bytes, nothing more."""
-    core = getattr(np, "_core", None) or np.core
-    found = [core.multiarray.scalar, core.multiarray._reconstruct, np.dtype, np.ndarray]
+    multiarray = _numpy_multiarray()
+    found = [multiarray.scalar, multiarray._reconstruct, np.dtype, np.ndarray]
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes through their classes
     if dtypes is not None:
         found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]

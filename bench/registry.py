@@ -9,6 +9,9 @@ and `lengths'` counts the valid output frames (see `Encoder.output_lengths`).
 
 Register with `@register_encoder("name")` on a class or a factory function. Build with
 `create_encoder("name", checkpoint=None, **kw)`, or `create_encoder("name@path/to/ckpt")`.
+A factory that declares a `checkpoint` parameter is given the checkpoint and builds from it (for
+adapters whose model comes from the file, e.g. `hear:MODULE@MODEL_FILE`); otherwise the built
+encoder's `load_checkpoint` reads it.
 Third-party packages add encoders through the entry-point group `avbench.encoders`
 (`name = "package.module:ClassOrFactory"`), with no edit to avbench.
 """
@@ -34,7 +37,7 @@ ENTRY_POINT_GROUP = "avbench.encoders"
 
 # Modules that hold avbench's own encoders; importing them runs their @register_encoder lines.
 BUILTIN_ENCODER_MODULES = ("baselines.spectral", "baselines.supervised", "baselines.apc",
-                           "baselines.wav2vec", "baselines.pase", "baselines.s3prl_adapter",
+                           "baselines.wav2vec", "baselines.pase", "baselines.s3prl_adapter", "baselines.hear_adapter",
                            "encoders.resnet1d", "encoders.audiovisual", "encoders.logmel_l1")
 
 
@@ -49,6 +52,11 @@ class Encoder(nn.Module):
     needs_pretraining: bool = False
     # Whether it has trainable parameters at all (finetune/scratch modes need some).
     trainable: bool = True
+    # Where, in seconds of input, output frame 0 is centred; frame k is centred at
+    # first_frame_centre_s + k / frame_rate. 0.0 fits centred framing (librosa's center=True, the
+    # default output_lengths); a conv stack without padding centres its first frame at half its
+    # receptive field. HEAR timestamps (bench.hear) are these centres.
+    first_frame_centre_s: float = 0.0
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -57,6 +65,10 @@ class Encoder(nn.Module):
         """Valid output frames for `lengths` input samples (override for exact conv arithmetic)."""
         hop = self.sample_rate / self.frame_rate
         return torch.div(lengths, hop, rounding_mode="floor").to(torch.long) + 1
+
+    def frame_centres(self, frames: int) -> torch.Tensor:
+        """The input time (seconds, float64) at the centre of each of the first `frames` output frames."""
+        return self.first_frame_centre_s + torch.arange(int(frames), dtype=torch.float64) / float(self.frame_rate)
 
     def config(self) -> dict:
         """What, besides the weights, determines the features (feeds the feature-cache key)."""
@@ -227,11 +239,17 @@ def create_encoder(spec: str, checkpoint: str | Path | None = None, **kwargs) ->
                                                    if entry.family else f"{family!r} takes no ':variant'"))
     args = (variant,) if entry.family else ()
     try:
-        inspect.signature(entry.factory).bind(*args, **kwargs)
+        parameters = inspect.signature(entry.factory).parameters
+    except ValueError:
+        parameters = {}  # no introspectable signature (a builtin callable): let the call itself decide
+    if checkpoint and "checkpoint" in parameters:
+        # The factory builds from the file itself (its model may not exist without it).
+        kwargs, checkpoint = {**kwargs, "checkpoint": checkpoint}, None
+    try:
+        if parameters:
+            inspect.signature(entry.factory).bind(*args, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"encoder {name!r} does not accept {sorted(kwargs)}: {exc}") from exc
-    except ValueError:
-        pass  # no introspectable signature (a builtin callable): let the call itself decide
     encoder = entry.factory(*args, **kwargs)
     if not isinstance(encoder, nn.Module) or not all(hasattr(encoder, a) for a in ("frame_rate", "dim", "forward")):
         raise ConfigError(f"encoder {name!r} ({entry.source}) does not follow the contract: it must be an "

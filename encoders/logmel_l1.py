@@ -59,6 +59,7 @@ class LogMelL1Encoder(Encoder):
     name = "logmel-l1"
     sample_rate = 16_000
     frame_rate = 25.0
+    first_frame_centre_s = HOP / 2 / 16_000  # frame k summarises samples [HOP k, HOP (k + 1))
     dim = 512
     needs_pretraining = True
     trainable = True

@@ -34,6 +34,9 @@ STAGE_STRIDES = (1, 2, 2, 2)
 FRONT_KERNEL, FRONT_STRIDE, FRONT_PADDING = 80, 4, 38
 POOL = 20
 HOP = FRONT_STRIDE * 2 * 2 * 2 * POOL  # 640 samples = 40 ms
+# Conv frame j is centred on sample 32 j + 1.5 (the front conv's centre, padding taken off; the
+# stride-2 convs keep centres); output frame k averages conv frames 20 k ... 20 k + 19.
+FIRST_CENTRE_SAMPLES = (HOP // POOL) * (POOL - 1) / 2 + (FRONT_KERNEL - 1) / 2 - FRONT_PADDING  # 305.5
 # Bump when a change here changes the features of given weights: cached features go stale.
 FEATURE_VERSION = 1
 
@@ -119,6 +122,7 @@ class ResNet1dEncoder(Encoder):
 
     sample_rate = 16_000
     frame_rate = 16_000 / HOP
+    first_frame_centre_s = FIRST_CENTRE_SAMPLES / 16_000
     dim = STAGE_CHANNELS[-1]
 
     def __init__(self, stage_channels: tuple[int, ...] = STAGE_CHANNELS) -> None:
