@@ -111,3 +111,22 @@ def test_a_run_tested_on_another_task_records_it_separately(tiny_corpus, tmp_pat
     assert set(cross["per_class_test_acc"]) == set(main["labels"])
     hits = sum(t == p for t, p in zip(cross["test_targets"], cross["test_predictions"]))
     assert cross["metrics"]["accuracy"] == round(hits / len(test), 6)
+
+
+def test_verification_across_corpora_scores_the_other_corpus_trials(tiny_corpus, small_corpus, tmp_path):
+    """Cross-corpus speaker verification: the head trained on one corpus embeds the other's trial clips."""
+    import json
+
+    from bench.cli import main
+    from bench.data.task_types import build_task_view
+
+    records = tmp_path / "runs.jsonl"
+    assert main(["-q", "run", "--encoder", "mfcc39", "--task", str(tiny_corpus.path), "--task-type",
+                 "speaker-verification", "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--pooling", "mean",
+                 "--eval-task", str(small_corpus.path), "--records", str(records)]) == 0
+    cross, main_record = [json.loads(line) for line in records.read_text().splitlines()[-2:]]
+    assert cross["eval_of"] == main_record["config_hash"] and cross["task_name_eval"] == small_corpus.path.name
+    trials = build_task_view(small_corpus.manifest, "speaker-verification").trials
+    assert len(cross["trial_scores"]) == len(trials) and cross["trial_labels"] == trials["label"].astype(int).tolist()
+    assert 0.0 <= cross["metrics"]["eer"] <= 1.0 and cross["trials_hash"] != main_record["trials_hash"]
+    assert cross["test_predictions"] is None and cross["metrics"]["accuracy"] is None

@@ -69,9 +69,20 @@ def verify(model: nn.Module, view, features: RunFeatures) -> dict[str, Any]:
 def cross_evaluate(config: RunConfig, eval_task: str, model: nn.Module, encoder: nn.Module,
                    label_index: dict[str, int], cache, counters: dict, progress: bool,
                    device=None) -> dict[str, Any]:
-    """The trained model tested on another task's test split, on the labels both tasks share."""
+    """The trained model tested on another task's test split, on the labels both tasks share.
+
+    Speaker verification needs no shared labels: the trained head embeds the other corpus's trial
+    clips (speakers it never saw) and the trials are cosine-scored, as on the training corpus."""
     manifest = resolve_task(eval_task, progress=progress)
     view = build_task_view(manifest, config.task_type, label_map=config.label_map)
+    if config.task_type == "speaker-verification":
+        features = RunFeatures(config, encoder, manifest, cache, counters, progress, device=device)
+        verification = verify(model, view, features)
+        # The speaker-id scores of the training corpus do not describe this corpus: they are cleared.
+        return {"eval_task": eval_task, "task_name_eval": manifest.meta.get("name", manifest.path.parent.name),
+                "manifest_id": manifest.manifest_id, "metrics": {**verification.pop("metrics"), "accuracy": None},
+                "test_acc": None, "confusion": None, "test_clip_ids_hash": None, "test_targets": None,
+                "test_predictions": None, "per_class_test_acc": None, "eval_dropped_labels": {}, **verification}
     test = view.splits["test"]
     known = test[view.label_column].isin(label_index)
     dropped = test.loc[~known, view.label_column].value_counts().sort_index().to_dict()
