@@ -451,3 +451,11 @@ def test_encoders_option_runs_a_part_of_the_grid_with_only_the_pretraining_it_ne
     assert list(part.pretraining) == ["av-joint-b8"]
     with pytest.raises(ConfigError, match=r"--encoders names hubert, which this sweep does not run; its encoders are apc, "):
         select_encoders(load_sweep(ROOT / "configs" / "cross-corpus.yaml"), ["hubert"])
+
+
+def test_speaker_id_is_not_tested_across_corpora(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("tasks: [a, b]\neval_tasks: [a, b]\ntask_types: [words, speaker-id]\nencoders: [mfcc39]\n")
+    sweep = load_sweep(config)
+    assert {(r.task_type, tuple(r.eval_tasks)) for r in sweep.runs} == {("words", ("a", "b")), ("speaker-id", ())}
+    assert sweep.not_applicable == ["speaker-id across corpora (a closed set of speakers does not carry over)"]

@@ -35,7 +35,7 @@ from bench.sweep.pretraining import check_references, parse_entries
 
 LIST_KEYS = ("tasks", "task_types", "encoders", "modes", "label_fractions", "k_shots", "seeds", "eval_tasks")
 TOP_KEYS = set(LIST_KEYS) | {"name", "description", "deviations_from_paper", "train", "records", "tables",
-                             "train_task", "budget", "pretraining"}
+                             "train_task", "budget", "pretraining", "question"}
 # Set by the grid, never in `train:` (run setting -> the sweep key that sets it).
 GRID_SETTINGS = {"task": "tasks", "encoder": "encoders", "mode": "modes", "label_fraction": "label_fractions",
                  "seed": "seeds", "k_shot": "k_shots", "task_type": "task_types", "eval_tasks": "eval_tasks",
@@ -54,6 +54,7 @@ class Sweep:
     tables: Path | None
     source: Path
     description: str = ""
+    question: str = ""  # what the study answers (`avbench report` opens with it)
     deviations: list = field(default_factory=list)
     pretraining: dict = field(default_factory=dict)  # entry name -> PretrainConfig (bench.sweep.pretraining)
     budget: dict = field(default_factory=dict)  # {"unit": "epochs"|"steps", "value": int}
@@ -159,12 +160,16 @@ def load_sweep(path: str | Path) -> Sweep:
             dropped = [m for m in encoder_modes if m != "frozen"]
             not_applicable += [f"{encoder} in mode {m}" for m in dropped]
             encoder_modes = [m for m in encoder_modes if m == "frozen"]
+        # A closed set of speakers does not carry over to another corpus: speaker-id is tested in-domain.
+        run_eval_tasks = [] if task_type == "speaker-id" else eval_tasks
+        if eval_tasks and not run_eval_tasks:
+            not_applicable.append("speaker-id across corpora (a closed set of speakers does not carry over)")
         for mode, (fraction, k), seed in itertools.product(encoder_modes, label_points, seeds):
             try:
                 runs.append(RunConfig.from_dict({
                     **train, "task": str(task), "task_type": str(task_type), "encoder": str(encoder), "mode": mode,
                     "label_fraction": fraction, "k_shot": k, "seed": int(seed), "budget_steps": budget_steps,
-                    "eval_tasks": eval_tasks}))
+                    "eval_tasks": run_eval_tasks}))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{path}: {exc}") from exc
     # Seeds outermost: a sweep stopped early (or still running) has every encoder and label point at
@@ -174,6 +179,7 @@ def load_sweep(path: str | Path) -> Sweep:
                  records=Path(spec.get("records") or DEFAULT_RECORDS),
                  tables=Path(spec["tables"]) if spec.get("tables") else None,
                  description=str(spec.get("description") or "").strip(),
+                 question=" ".join(str(spec.get("question") or "").split()),
                  deviations=list(spec.get("deviations_from_paper") or []), pretraining=pretraining,
                  budget=runs[0].budget(), not_applicable=sorted(set(not_applicable)))
 
