@@ -23,16 +23,21 @@ def render(index: list[tuple[str, str, list[dict]]], records: list[dict], summar
             + render_pretraining(list(pretraining), records, records_path, out_dir))
 
 
-def sweeps_by_run(records_path: Path) -> dict[str, list[str]]:
-    """Run config hash -> names of the sweeps that planned it, from the sweeps sidecar beside the
-    records (runs.jsonl -> runs.sweeps.json), if there is one."""
+def sweep_entries(records_path: Path) -> dict[str, dict[str, Any]]:
+    """The sweeps sidecar beside the records (runs.jsonl -> runs.sweeps.json): sweep name -> its entry
+    (config path relative to the records' folder, description, config_hashes, ...); {} without one."""
     sidecar = sidecar_path(records_path)
     if not sidecar.is_file():
         return {}
     try:
-        entries = json.loads(sidecar.read_text())
+        return json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{sidecar}: not valid JSON ({exc}); fix or delete it (it only names sweeps).") from exc
+
+
+def sweeps_by_run(records_path: Path) -> dict[str, list[str]]:
+    """Run config hash -> names of the sweeps that planned it, from the sweeps sidecar."""
+    entries = sweep_entries(records_path)
     names: dict[str, list[str]] = defaultdict(list)
     for name, entry in sorted(entries.items()):
         for config_hash in entry.get("config_hashes", []):

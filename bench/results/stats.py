@@ -162,3 +162,34 @@ def paired_mcnemar(targets, predictions_a, predictions_b) -> tuple[int, int, flo
     right_b = (np.atleast_2d(predictions_b) == targets).mean(axis=0) > 0.5
     b, c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     return b, c, mcnemar_exact(b, c)
+
+
+def paired_verification_p(groups, metric: str = "eer", *, resamples: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = BOOTSTRAP_SEED) -> float:
+    """Two-sided paired bootstrap p of A's minus B's seed-averaged EER (or minDCF), averaged over groups.
+
+    groups: [(scores_a (n_seeds, n_trials), scores_b (n_seeds, n_trials), labels (n_trials,))], one
+    per trial list (e.g. per corpus pair). Each resample re-weights every group's trials, within
+    targets and non-targets, the same for A and B, so the pairing is kept; p is twice the smaller
+    share of resampled differences on either side of zero (floored at one resample's weight).
+    """
+    score_of = {"eer": _eer, "min_dcf": _min_dcf}[metric]
+    rng = np.random.default_rng(seed)
+    differences = np.zeros(resamples)
+    for scores_a, scores_b, labels in groups:
+        labels = np.asarray(labels, dtype=float)
+        n = len(labels)
+        targets, nontargets = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        if not len(targets) or not len(nontargets):
+            raise ValueError("verification metrics need both target and non-target trials")
+        for start in range(0, resamples, _CHUNK):
+            size = min(_CHUNK, resamples - start)
+            picks = np.hstack([rng.choice(targets, (size, len(targets))),
+                               rng.choice(nontargets, (size, len(nontargets)))])
+            counts = np.bincount((picks * size + np.arange(size)[:, None]).ravel(),
+                                 minlength=n * size).reshape(n, size)
+            mean_a = np.mean([score_of(*_det_rates(np.asarray(s, float), labels, counts)) for s in scores_a], axis=0)
+            mean_b = np.mean([score_of(*_det_rates(np.asarray(s, float), labels, counts)) for s in scores_b], axis=0)
+            differences[start:start + size] += (mean_a - mean_b) / len(groups)
+    share = min(np.mean(differences <= 0), np.mean(differences >= 0))
+    return float(min(1.0, max(2.0 * share, 1.0 / resamples)))

@@ -48,8 +48,75 @@ def write_tables(records_path: str | Path, out_dir: str | Path) -> list[Path]:
             files[f"plots/{name}"] = data
             index.append((f"plots/{name}", what, table.records))
     out_dir = Path(out_dir)
-    files["README.md"] = results_index.render(index, everything, summary, records_path, out_dir,
-                                               pretraining).encode()
+    study_text, study_files = study_section(records_path, records, pretraining)
+    files.update(study_files)
+    files["README.md"] = (study_text + results_index.render(index, everything, summary, records_path, out_dir,
+                                                            pretraining)).encode()
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
+    return [out_dir / name for name in files]
+
+
+STUDY = "question"  # the sweep whose report results/README.md opens with
+REALISM_LINES = ("mouth opening", "nearest-centroid", "  frames ", "  tracks ", "  audio ")
+
+
+def realism_notes(records_path: Path) -> dict[str, list[str]]:
+    """Corpus name -> the headline lines of its committed `avbench corpus check` output
+    (<records folder>/corpus/check-<corpus>.txt), for the report's setup."""
+    notes = {}
+    for path in sorted((records_path.parent / "corpus").glob("check-*.txt")):
+        lines = [" ".join(line.split()) for line in path.read_text().splitlines() if line.startswith(REALISM_LINES)]
+        if lines:
+            notes[path.stem.removeprefix("check-")] = lines
+    return notes
+
+
+def study_section(records_path: Path, records: list, pretraining: list) -> tuple[str, dict[str, bytes]]:
+    """The opening of results/README.md: the study's main table and its report files, when the sweeps
+    sidecar names the study's config and runs; else how to make them."""
+    from bench.results.report import build_report
+    from bench.results.report_render import main_table_rows, render_html, render_markdown as report_markdown
+    from bench.sweep.config import load_sweep
+
+    entry = results_index.sweep_entries(records_path).get(STUDY)
+    if not entry or not entry.get("config_hashes"):
+        return (f"# The study\n\nThe study `configs/{STUDY}.yaml` has no records here yet: `avbench sweep "
+                f"configs/{STUDY}.yaml` runs it, then `avbench tables` (or `avbench report configs/{STUDY}.yaml`) "
+                f"writes its report to {STUDY}/report.md and {STUDY}/report.html and its main table here.\n\n"), {}
+    sweep = load_sweep(records_path.parent / entry["config"])
+    report = build_report(sweep, records, set(entry["config_hashes"]), pretraining, realism_notes(records_path))
+    header, rows = main_table_rows(report)
+    table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "".join(
+        "| " + " | ".join(row) + " |\n" for row in rows)
+    text = (f"# The study\n\n**{report.question}**\n\n{table}\nMean [95% CI] (n runs over corpora and seeds); "
+            f"accuracy (%), EER (%) for verification; ‡ one run (bootstrap CI over its test items). The whole "
+            f"report, with the generalisation gaps, the paired tests and the findings: [{STUDY}/report.md]"
+            f"({STUDY}/report.md), [{STUDY}/report.html]({STUDY}/report.html).\n\n")
+    return text, {f"{STUDY}/report.md": report_markdown(report).encode(),
+                  f"{STUDY}/report.html": render_html(report).encode()}
+
+
+def write_report(config_path: str | Path, records_path: str | Path | None = None,
+                 out_dir: str | Path | None = None) -> list[Path]:
+    """results/<name>/report.md and report.html for the sweep config, from the records its runs wrote."""
+    from bench.errors import ConfigError
+    from bench.results.report import build_report
+    from bench.results.report_render import render_html, render_markdown as render_report_markdown
+    from bench.sweep.config import load_sweep
+
+    sweep = load_sweep(config_path)
+    records_path = Path(records_path or sweep.records)
+    if not records_path.is_file():
+        raise ConfigError(f"{records_path}: no run records yet; run `avbench sweep {config_path}` first.")
+    planned = {h for h, names in results_index.sweeps_by_run(records_path).items() if sweep.name in names}
+    if not planned:
+        raise ConfigError(f"{records_path}: no run of the sweep {sweep.name!r} is recorded (its sidecar "
+                          f"{records_path.stem}.sweeps.json names none); run `avbench sweep {config_path}` first.")
+    report = build_report(sweep, read_records(records_path), planned,
+                          read_pretraining_records(pretraining_records_path(records_path)), realism_notes(records_path))
+    out_dir = Path(out_dir or Path("results") / sweep.name)
+    files = {"report.md": render_report_markdown(report).encode(), "report.html": render_html(report).encode()}
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     return [out_dir / name for name in files]

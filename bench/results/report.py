@@ -1,0 +1,310 @@
+"""The study report: one question answered from the records of one sweep, as a pure function of them.
+
+`avbench report CONFIG` reads the run records that the sweep CONFIG planned (the sweeps sidecar
+beside the records names them) and the pretraining records behind their checkpoints, and builds:
+
+- the main table: representations (rows, in report groups) by task x setting (in-domain: trained
+  and tested on one corpus; cross-corpus: trained on one, tested on the other). A cell pools the
+  runs of every training corpus and seed: mean, 95% CI and the count. With two or more runs the
+  CI is Student's t over them; with one, it is the bootstrap interval over its test items
+  (bench.results.stats), and the cell says which;
+- the generalisation gap per representation and task: in-domain minus cross-corpus, paired by
+  training corpus and seed, with a t interval;
+- paired tests of every audiovisual self-supervised representation against every supervised one,
+  per task and setting: exact McNemar on the test clips (each clip's majority over seeds, clips of
+  every corpus pair pooled) for accuracy; a paired bootstrap over trials for EER. Holm-corrected
+  over the whole family;
+- findings: one sentence per test, generated from it, and limitations generated from the records.
+
+bench.results.report_render writes it as Markdown and as a self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from bench.results import stats
+from bench.results.pretraining import checkpoint_hash, latest_builds
+from bench.results.tables import METRICS, display_name, metric_value
+
+REPORT_GROUPS = ("audiovisual SSL", "audio SSL", "speaker SSL", "supervised", "hand-crafted", "random", "other")
+AUDIOVISUAL = ("av-joint", "av-visual")
+AUDIO_SSL = ("av-audio", "logmel-l1", "apc", "wav2vec", "wav2vec_large", "pase+")
+HAND_CRAFTED = ("mfcc39", "logmel")
+TASKS = ("words", "speaker-id", "speaker-verification", "emotion")
+SETTINGS = ("in-domain", "cross-corpus")
+PRIMARY_METRIC = {"words": "accuracy", "speaker-id": "accuracy", "speaker-verification": "eer", "emotion": "accuracy"}
+ALPHA = 0.05
+
+
+def report_group(record: dict[str, Any]) -> str:
+    """The report's grouping: by what trained the weights, labels included."""
+    objective = record.get("pretraining_objective")
+    name = record.get("encoder_name") or record["encoder"].split("@")[0]
+    if objective == "supervised" or record.get("mode") == "scratch":
+        return "supervised"
+    if objective in ("simclr", "moco", "dino"):
+        return "speaker SSL"
+    name = objective or name
+    if name in AUDIOVISUAL:
+        return "audiovisual SSL"
+    if name in AUDIO_SSL or name.startswith("s3prl:"):
+        return "audio SSL"
+    if name in HAND_CRAFTED:
+        return "hand-crafted"
+    if name == "resnet18-scratch":
+        return "random"  # frozen at its random initialisation
+    return "other"
+
+
+def representation(record: dict[str, Any]) -> str:
+    """A row's readable name: the display name without its checkpoint hash ([label] reads [words])."""
+    return display_name(record).split("@")[0].replace("[label]", "[words]")
+
+
+def corpus_of(task_name: str | None) -> str:
+    return re.sub(r"\[.*\]$", "", task_name or "")
+
+
+@dataclass
+class Unit:
+    """One measurement: a representation on a task, trained on one corpus with one seed, tested on one."""
+    record: dict[str, Any]
+    train_corpus: str
+    test_corpus: str
+    seed: int
+    value: float
+
+
+@dataclass
+class CellStats:
+    values: list[float]
+    mean: float
+    ci: tuple[float, float] | None
+    ci_kind: str          # "t over runs" | "bootstrap over test items" | reason there is none
+
+
+@dataclass
+class Test:
+    task: str
+    setting: str
+    a: str
+    b: str
+    metric: str
+    mean_a: float
+    mean_b: float
+    p: float
+    detail: str
+    p_holm: float = math.nan
+
+
+@dataclass
+class Report:
+    name: str
+    question: str
+    description: str
+    deviations: list
+    representations: dict[str, str]                   # name -> group, in table order
+    units: dict[tuple[str, str, str], list[Unit]]     # (representation, task, setting) -> units
+    cells: dict[tuple[str, str, str], CellStats]
+    gaps: dict[tuple[str, str], CellStats]            # (representation, task)
+    tests: list[Test]
+    corpora: list[str]
+    seeds: list[int]
+    pretraining: list[dict[str, Any]]
+    missing: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    realism: dict[str, list[str]] = field(default_factory=dict)  # corpus -> its committed data checks
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        present = {(t, s) for (_, t, s) in self.cells}
+        return [(t, s) for t in TASKS for s in SETTINGS if (t, s) in present]
+
+
+def t_interval(values: list[float], level: float = stats.CI_LEVEL) -> tuple[float, float] | None:
+    if len(values) < 2:
+        return None
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = scipy_stats.t.ppf(0.5 + level / 2, len(values) - 1) * sd / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def cell_stats(units: list[Unit], metric: str) -> CellStats:
+    values = [u.value for u in units]
+    mean = float(np.mean(values))
+    if len(values) >= 2:
+        return CellStats(values, mean, t_interval(values), "t over runs")
+    record = units[0].record
+    try:
+        if metric in ("eer", "min_dcf"):
+            ci = stats.verification_ci([record["trial_scores"]], record["trial_labels"], metric)
+        else:
+            ci = stats.classification_ci(record["test_targets"], [record["test_predictions"]], metric)
+        return CellStats(values, mean, ci, "bootstrap over test items")
+    except (KeyError, TypeError, ValueError):
+        return CellStats(values, mean, None, "one run without per-item results")
+
+
+def _setting(record: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(setting, train corpus, test corpus), or None for an extra test on the training corpus itself."""
+    train = corpus_of(record.get("task_name"))
+    if not record.get("eval_of"):
+        return "in-domain", train, train
+    test = corpus_of(record.get("task_name_eval"))
+    return (None if test == train else ("cross-corpus", train, test))
+
+
+def select(records: list[dict[str, Any]], planned: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The latest ok record of every planned run and of its cross-corpus tests; the rest counted."""
+    latest: dict[str, dict] = {}
+    skipped = {"failed": 0, "not in this study": 0}
+    for r in records:
+        key = r.get("eval_of") or r.get("config_hash")
+        if key not in planned:
+            skipped["not in this study"] += 1
+            continue
+        if r.get("status") != "ok":
+            skipped["failed"] += 1
+            continue
+        latest[f"{r.get('config_hash')}:{r.get('task_name_eval', '')}"] = r
+    return list(latest.values()), skipped
+
+
+def gather(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[Unit]]:
+    """Units per (representation, task, setting); of two records of one measurement (a run re-recorded
+    under another config hash), the later one counts, as in `avbench tables`."""
+    placed_units: dict[tuple, Unit] = {}
+    for r in records:
+        task = r.get("task_type") or "words"
+        placed = _setting(r)
+        value = metric_value(r, PRIMARY_METRIC.get(task, "accuracy"))
+        if placed is None or value is None or task not in PRIMARY_METRIC:
+            continue
+        setting, train, test = placed
+        key = (representation(r), task, setting, train, test, int(r["seed"]))
+        placed_units[key] = Unit(r, train, test, int(r["seed"]), value)
+    units: dict[tuple[str, str, str], list[Unit]] = {}
+    for (rep, task, setting, *_), unit in placed_units.items():
+        units.setdefault((rep, task, setting), []).append(unit)
+    return units
+
+
+def gaps(units: dict[tuple[str, str, str], list[Unit]]) -> dict[tuple[str, str], CellStats]:
+    """In-domain minus cross-corpus, paired by (training corpus, seed)."""
+    out = {}
+    for (rep, task, setting), cross in units.items():
+        if setting != "cross-corpus":
+            continue
+        inside = {(u.train_corpus, u.seed): u.value for u in units.get((rep, task, "in-domain"), [])}
+        diffs = [inside[(u.train_corpus, u.seed)] - u.value for u in cross if (u.train_corpus, u.seed) in inside]
+        if diffs:
+            out[(rep, task)] = CellStats(diffs, float(np.mean(diffs)), t_interval(diffs),
+                                         "t over paired runs" if len(diffs) > 1 else "one pair: no interval")
+    return out
+
+
+def _paired_units(a: list[Unit], b: list[Unit]) -> list[tuple[list[Unit], list[Unit]]]:
+    """Per (train, test corpus): the seeds both ran, in seed order."""
+    groups = []
+    for pair in sorted({(u.train_corpus, u.test_corpus) for u in a}):
+        seeds_a = {u.seed: u for u in a if (u.train_corpus, u.test_corpus) == pair}
+        seeds_b = {u.seed: u for u in b if (u.train_corpus, u.test_corpus) == pair}
+        common = sorted(set(seeds_a) & set(seeds_b))
+        if common:
+            groups.append(([seeds_a[s] for s in common], [seeds_b[s] for s in common]))
+    return groups
+
+
+def paired_test(a: list[Unit], b: list[Unit], metric: str) -> tuple[float, str] | None:
+    """(p, what was tested) for A against B on the runs both have; None when nothing pairs up."""
+    groups = _paired_units(a, b)
+    if not groups:
+        return None
+    if metric in ("eer", "min_dcf"):
+        try:
+            p = stats.paired_verification_p([([u.record["trial_scores"] for u in ua], [u.record["trial_scores"] for u in ub],
+                                               ua[0].record["trial_labels"]) for ua, ub in groups], metric)
+        except (KeyError, ValueError):
+            return None
+        runs = sum(len(ua) for ua, _ in groups)
+        return p, f"paired bootstrap over trials, {runs} run pair(s)"
+    b_total = c_total = clips = 0
+    for ua, ub in groups:
+        targets = ua[0].record.get("test_targets")
+        if targets is None or any(u.record.get("test_targets") != targets for u in ua + ub):
+            return None
+        b_, c_, _ = stats.paired_mcnemar(targets, [u.record["test_predictions"] for u in ua],
+                                         [u.record["test_predictions"] for u in ub])
+        b_total, c_total, clips = b_total + b_, c_total + c_, clips + len(targets)
+    return stats.mcnemar_exact(b_total, c_total), (f"exact McNemar on {clips} test clips: A alone right on "
+                                                   f"{b_total}, B alone right on {c_total}")
+
+
+def run_tests(units: dict[tuple[str, str, str], list[Unit]], representations: dict[str, str]) -> list[Test]:
+    audiovisual = [r for r, g in representations.items() if g == "audiovisual SSL"]
+    supervised = [r for r, g in representations.items() if g == "supervised"]
+    tests = []
+    for task in TASKS:
+        metric = PRIMARY_METRIC[task]
+        for setting in SETTINGS:
+            for a in audiovisual:
+                for b in supervised:
+                    ua, ub = units.get((a, task, setting), []), units.get((b, task, setting), [])
+                    result = paired_test(ua, ub, metric) if ua and ub else None
+                    if result is None:
+                        continue
+                    p, detail = result
+                    pairs = _paired_units(ua, ub)
+                    mean_a = float(np.mean([u.value for g, _ in pairs for u in g]))
+                    mean_b = float(np.mean([u.value for _, g in pairs for u in g]))
+                    tests.append(Test(task, setting, a, b, metric, mean_a, mean_b, p, detail))
+    for test, adjusted in zip(tests, stats.holm_bonferroni([t.p for t in tests]) if tests else []):
+        test.p_holm = adjusted
+    return tests
+
+
+def finding(test: Test) -> str:
+    """One sentence from one test, with its numbers."""
+    m = METRICS[test.metric]
+    unit = "%" if m.scale == 100 else ""
+    numbers = f"{m.title.split(' (')[0].lower()} {m.fmt(test.mean_a)}{unit} vs {m.fmt(test.mean_b)}{unit}"
+    where = f"{test.task}, {test.setting}"
+    if test.p_holm < ALPHA:
+        better = (test.mean_a > test.mean_b) == m.higher_is_better
+        return (f"{test.a} is significantly {'better' if better else 'worse'} than {test.b} on {where} "
+                f"({numbers}, p_Holm = {test.p_holm:.3g}).")
+    return (f"{test.a} and {test.b} do not differ significantly on {where} "
+            f"({numbers}, p_Holm = {test.p_holm:.3g}).")
+
+
+def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
+                 pretraining: list[dict[str, Any]] = (), realism: dict[str, list[str]] | None = None) -> Report:
+    """The report of `sweep` (a bench.sweep.config.Sweep) from the records whose runs it planned."""
+    chosen, skipped = select(records, planned_hashes)
+    units = gather(chosen)
+    groups = {}
+    for r in chosen:
+        groups.setdefault(representation(r), report_group(r))
+    order = sorted(groups, key=lambda rep: (REPORT_GROUPS.index(groups[rep]), rep))
+    representations = {rep: groups[rep] for rep in order}
+    cells = {key: cell_stats(u, PRIMARY_METRIC[key[1]]) for key, u in units.items()}
+    expected_tasks = sorted({run.task_type for run in sweep.runs}, key=TASKS.index)
+    settings = SETTINGS if any(run.eval_tasks for run in sweep.runs) else SETTINGS[:1]
+    missing = [f"{rep}: {task}, {setting}" for rep in representations for task in expected_tasks
+               for setting in settings if (rep, task, setting) not in cells]
+    used = {r.get("checkpoint_hash") for r in chosen if r.get("checkpoint_hash")}
+    behind = [p for p, _ in latest_builds(list(pretraining)) if checkpoint_hash(p) in used]
+    return Report(name=sweep.name, question=getattr(sweep, "question", "") or sweep.description,
+                  description=sweep.description, deviations=list(sweep.deviations),
+                  representations=representations, units=units, cells=cells, gaps=gaps(units),
+                  tests=run_tests(units, representations),
+                  corpora=sorted({u.train_corpus for us in units.values() for u in us}),
+                  seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
+                  missing=missing, skipped=skipped, realism=dict(realism or {}))

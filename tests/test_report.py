@@ -1,0 +1,190 @@
+"""`avbench report`: the study report as a pure function of one sweep's records, in Markdown and in
+a self-contained HTML page that a real headless browser renders without errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from test_tables import make_record
+
+from bench.records import sidecar_path
+from bench.results.report import build_report, finding, report_group
+from bench.results.report_render import render_html, render_markdown
+from bench.results.write import write_report
+from bench.sweep.config import load_sweep
+
+CORPORA = ("embedded-aaaa", "embedded-bbbb")
+SUPERVISED = {"pretraining_objective": "supervised", "pretraining_labels": "speaker"}
+
+
+def study_records(n_right_av=(80, 78), n_right_sup=(60, 62), cross_drop=10):
+    """av-joint and a speaker-supervised ResNet18, words, trained on each corpus with seeds 0 and 1 and
+    tested in-domain and on the other corpus; plus mfcc39 in-domain only."""
+    records = []
+    for corpus_index, corpus in enumerate(CORPORA):
+        other = CORPORA[1 - corpus_index]
+        for seed in (0, 1):
+            for encoder, extra, n_right in (("av-joint@pretrained:aaaa", {}, n_right_av[seed]),
+                                            ("resnet18@pretrained:bbbb", SUPERVISED, n_right_sup[seed])):
+                task = f"embedded:{corpus}"
+                main = make_record(encoder, seed=seed, n_right=n_right, task=task, task_name=corpus,
+                                   checkpoint_hash=encoder[-4:] * 4, **extra)
+                cross = make_record(encoder, seed=seed, n_right=n_right - cross_drop, task=task, task_name=corpus,
+                                    eval_task=f"embedded:{other}", task_name_eval=other, eval_of=main["config_hash"],
+                                    **extra)
+                records += [main, cross]
+            records.append(make_record("mfcc39", seed=seed, n_right=70, task=f"embedded:{corpus}", task_name=corpus))
+    return records
+
+
+class FakeSweep:
+    """What build_report reads of a bench.sweep.config.Sweep (load_sweep makes real ones below)."""
+    name, question, description, deviations = "study", "Does it generalise?", "", ["5 epochs"]
+
+    class _Run:
+        task_type, eval_tasks = "words", ("x",)
+
+    runs = [_Run()]
+
+
+def planned(records):
+    return {r["config_hash"] for r in records if not r.get("eval_of")}
+
+
+def test_groups_follow_what_trained_the_weights():
+    assert report_group({"encoder": "av-joint@x"}) == "audiovisual SSL"
+    assert report_group({"encoder": "av-audio@x"}) == "audio SSL"
+    assert report_group({"encoder": "resnet18@x", **SUPERVISED}) == "supervised"
+    assert report_group({"encoder": "resnet18@x", "pretraining_objective": "dino"}) == "speaker SSL"
+    assert report_group({"encoder": "resnet18-scratch", "mode": "frozen"}) == "random"
+    assert report_group({"encoder": "mfcc39"}) == "hand-crafted"
+
+
+def test_cells_pool_corpora_and_seeds_with_a_t_interval():
+    records = study_records()
+    report = build_report(FakeSweep, records, planned(records))
+    assert list(report.representations) == ["av-joint", "resnet18+supervised[speaker]", "mfcc39"]
+    cell = report.cells[("av-joint", "words", "in-domain")]
+    assert sorted(cell.values) == [0.78, 0.78, 0.8, 0.8] and cell.ci_kind == "t over runs"
+    assert cell.ci[0] < cell.mean < cell.ci[1] and cell.mean == pytest.approx(0.79)
+    cross = report.cells[("av-joint", "words", "cross-corpus")]
+    assert cross.mean == pytest.approx(0.69) and len(cross.values) == 4
+    gap = report.gaps[("av-joint", "words")]
+    assert gap.values == pytest.approx([0.1] * 4) and gap.mean == pytest.approx(0.1)
+    assert ("mfcc39", "words") not in report.gaps
+    assert "mfcc39: words, cross-corpus" in report.missing
+
+
+def test_paired_tests_are_holm_corrected_and_findings_cite_their_numbers():
+    records = study_records()
+    report = build_report(FakeSweep, records, planned(records))
+    assert [(t.a, t.b, t.setting) for t in report.tests] == [
+        ("av-joint", "resnet18+supervised[speaker]", "in-domain"),
+        ("av-joint", "resnet18+supervised[speaker]", "cross-corpus")]
+    for test in report.tests:
+        assert test.p_holm == pytest.approx(min(1.0, 2 * test.p)) or test.p_holm >= test.p
+        assert test.p_holm < 0.05 and "McNemar on 200 test clips" in test.detail
+    sentence = finding(report.tests[0])
+    assert sentence.startswith("av-joint is significantly better than resnet18+supervised[speaker] on words, "
+                               "in-domain (test accuracy 79.00% vs 61.00%, p_Holm = ")
+
+
+def test_a_difference_within_noise_is_reported_as_not_significant():
+    records = study_records(n_right_av=(61, 60), n_right_sup=(60, 61))
+    report = build_report(FakeSweep, records, planned(records))
+    assert all(t.p_holm > 0.05 for t in report.tests)
+    assert "do not differ significantly" in finding(report.tests[0])
+
+
+def test_verification_is_tested_on_eer_with_a_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 100 + [0] * 100)
+    good, poor = labels + rng.normal(0, 0.6, 200), labels + rng.normal(0, 2.0, 200)
+    records = []
+    for seed in (0, 1):
+        for encoder, extra, scores in (("av-joint@pretrained:aaaa", {}, good), ("resnet18@pretrained:bbbb", SUPERVISED, poor)):
+            records.append(make_record(encoder, seed=seed, task_type="speaker-verification", task_name=CORPORA[0],
+                                       trial_scores=scores + 0.01 * seed, trial_labels=labels, **extra))
+    report = build_report(FakeSweep, records, planned(records))
+    (test,) = report.tests
+    assert test.metric == "eer" and test.mean_a < test.mean_b and test.p_holm < 0.05
+    assert "significantly better" in finding(test) and "equal error rate" in finding(test)
+
+
+def test_markdown_has_the_question_main_table_and_generated_limitations():
+    records = study_records()
+    text = render_markdown(build_report(FakeSweep, records, planned(records)))
+    assert "**Question.** Does it generalise?" in text
+    assert "| audiovisual SSL | av-joint | 79.00 [" in text and "(n=4)" in text
+    assert "## Findings" in text and "p_Holm" in text
+    assert "2 of the 2 corpora (embedded-aaaa, embedded-bbbb) are synthetic" in text
+    assert "1 cell(s) of the configured grid have no record yet: mfcc39: words, cross-corpus." in text
+
+
+def test_write_report_reads_the_sweep_its_records_and_its_sidecar(tmp_path):
+    records = study_records()
+    config = tmp_path / "study.yaml"
+    config.write_text("name: study\nquestion: >\n  Does joint audiovisual self-supervision generalise?\n"
+                      "tasks: ['embedded:small']\nencoders: [mfcc39]\nrecords: runs.jsonl\n")
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in records) + json.dumps(make_record("logmel")) + "\n")
+    sidecar_path(runs).write_text(json.dumps({"study": {"config_hashes": sorted(planned(records))}}))
+    written = write_report(config, runs, tmp_path / "out")
+    assert [p.name for p in written] == ["report.md", "report.html"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Does joint audiovisual self-supervision generalise?" in text and "logmel" not in text
+    assert "1 not in this study" in text  # the logmel record of another sweep is counted, not used
+    assert load_sweep(config).question == "Does joint audiovisual self-supervision generalise?"
+    first = (tmp_path / "out" / "report.html").read_bytes()
+    write_report(config, runs, tmp_path / "out")
+    assert (tmp_path / "out" / "report.html").read_bytes() == first  # a pure function of the records
+
+
+def test_the_html_renders_in_headless_chromium(tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the HTML render test needs it")
+    records = study_records()
+    page = tmp_path / "report.html"
+    page.write_text(render_html(build_report(FakeSweep, records, planned(records))))
+    assert "http://" not in page.read_text() and "https://" not in page.read_text()  # self-contained
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+               "--virtual-time-budget=5000", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(command + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == [], console
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
+    assert loaded and int(loaded.group(2)) >= 1 and loaded.group(1) == loaded.group(2)
+    assert 'id="main-table"' in dom.stdout and "av-joint" in dom.stdout
+    shot = subprocess.run(command + [f"--screenshot={tmp_path / 'report.png'}", "--window-size=1280,2000",
+                                     page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.returncode == 0 and (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_results_readme_opens_with_the_study_main_table(tmp_path):
+    from bench.results.write import write_tables
+
+    runs = tmp_path / "results" / "runs.jsonl"
+    runs.parent.mkdir()
+    records = study_records()
+    runs.write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = write_tables(runs, runs.parent)
+    assert (runs.parent / "README.md").read_text().startswith("# The study\n\nThe study `configs/question.yaml` has "
+                                                              "no records here yet")
+    assert not any("report" in p.name for p in written)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "question.yaml").write_text(
+        "name: question\nquestion: Does it generalise?\ntasks: ['embedded:small']\nencoders: [mfcc39]\n")
+    sidecar_path(runs).write_text(json.dumps({"question": {"config": "../configs/question.yaml",
+                                                           "config_hashes": sorted(planned(records))}}))
+    write_tables(runs, runs.parent)
+    readme = (runs.parent / "README.md").read_text()
+    assert readme.startswith("# The study\n\n**Does it generalise?**\n\n| group | representation | words, in-domain |")
+    assert "| audiovisual SSL | av-joint | 79.00 [" in readme and "[question/report.md](question/report.md)" in readme
+    assert (runs.parent / "question" / "report.html").is_file()
