@@ -201,7 +201,7 @@ def test_cross_dataset_generalisation_matrix():
                make_record("mfcc39", task="a:x", train_task="a:x", eval_task="b:y", n_right=50, clip_hash="b",
                            task_name="corpus-a", task_name_eval="corpus-b")]
     tables, md, _ = rendered(records)
-    assert "## a:x → b:y" in md
+    assert "## Table 2. Words, a:x → b:y" in md
     matrix, text = generalisation(tables)
     assert "| a:x (corpus-a) | _90.00 ± n/a [" in matrix and "| 50.00 ± n/a [" in matrix and "b:y (corpus-b)" in matrix
     assert sorted(r["train_task"] + ">" + r["eval_task"] for r in csv.DictReader(io.StringIO(text))) == \
@@ -280,3 +280,10 @@ def test_plots_take_per_class_accuracy_from_the_records_own_confusion_and_fixed_
     assert encoder_colour("av-joint") == PALETTE["av-joint"]
     assert encoder_colour("s3prl:hubert") == encoder_colour("s3prl:hubert") != encoder_colour("s3prl:tera")
     assert re.fullmatch(r"#[0-9a-f]{6}", encoder_colour("s3prl:hubert"))
+
+
+def test_headings_are_readable_and_the_full_task_ids_sit_in_the_caption():
+    task = "embedded:default[rendition=0;accent=en,en-gb-scotland,en-gb-x-gbclan,en-gb-x-gbcwmd,en-us-nyc]"
+    _, md, _ = rendered([make_record("mfcc39", task=task, task_type="speaker-id")])
+    assert "## Table 1. Speaker id, embedded:default (accent: 5 values)\n" in md
+    assert f"Task `{task}` (speaker-id)" in md

@@ -55,8 +55,9 @@ def render_markdown(tables: list[Table], summary: dict[str, Any], pretraining: l
               f"{stats.BOOTSTRAP_RESAMPLES} resamples, seeds averaged per resample] (number of seeds). "
               "Bold: best in its column. Columns are label fractions, then k-shot training subsets. "
               "Paired significance tests: significance.md.\n")
-    for table in tables:
-        out.write(f"\n## {table.heading}\n\n{table.caption} Table id `{table.id}`.\n")
+    for number, table in enumerate(tables, 1):
+        # Numbered: two tables of one task may differ only in corpus version or protocol (the caption says which).
+        out.write(f"\n## Table {number}. {table.heading}\n\n{table.caption} Table id `{table.id}`.\n")
         for metric in table.metrics:
             out.write(f"\n**{METRICS[metric].title}**\n\n| group | encoder | mode | "
                       + " | ".join(map(column_label, table.columns)) + " |\n|---|---|---|"

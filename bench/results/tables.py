@@ -182,7 +182,10 @@ class Table:
 
     @property
     def heading(self) -> str:
-        return f"{self.key.train_task} → {self.key.eval_task}" if self.cross else self.key.eval_task
+        """A readable title; the full task ids are in the caption under it."""
+        where = f"{short_task(self.key.train_task)} → {short_task(self.key.eval_task)}" if self.cross \
+            else short_task(self.key.eval_task)
+        return f"{self.key.task_type.replace('-', ' ').capitalize()}, {where}"
 
     @property
     def caption(self) -> str:
@@ -191,6 +194,20 @@ class Table:
             else f"Task `{self.key.eval_task}`"
         return f"{eval_part} ({self.key.task_type}), corpus `{self.key.task_name}` " \
                f"(manifest `{self.key.manifest_id}`). {describe_protocol(json.loads(self.key.protocol))}."
+
+
+def short_task(task: str) -> str:
+    """`embedded:default[rendition=0;snr_db<12]` -> `embedded:default (snr_db<12)`: the corpus and its
+    filters, a filter of more than four values counted; rendition 0 is the default view."""
+    base, _, filters = task.partition("[")
+    parts = []
+    for clause in filter(None, filters.rstrip("]").split(";")):
+        key, sep, values = clause.partition("=")
+        if clause == "rendition=0":
+            continue
+        many = sep and values.count(",") >= 4
+        parts.append(f"{key}: {values.count(',') + 1} values" if many else clause)
+    return base + (f" ({', '.join(parts)})" if parts else "")
 
 
 def describe_protocol(p: dict[str, Any]) -> str:
