@@ -70,7 +70,7 @@ def test_cells_pool_corpora_and_seeds_with_a_t_interval():
     report = build_report(FakeSweep, records, planned(records))
     assert list(report.representations) == ["av-joint", "resnet18+supervised[speaker]", "mfcc39"]
     cell = report.cells[("av-joint", "words", "in-domain")]
-    assert sorted(cell.values) == [0.78, 0.78, 0.8, 0.8] and cell.ci_kind == "t over runs"
+    assert sorted(cell.values) == [0.78, 0.78, 0.8, 0.8] and cell.ci_kind == "t over 2 seeds"
     assert cell.ci[0] < cell.mean < cell.ci[1] and cell.mean == pytest.approx(0.79)
     cross = report.cells[("av-joint", "words", "cross-corpus")]
     assert cross.mean == pytest.approx(0.69) and len(cross.values) == 4
@@ -188,3 +188,15 @@ def test_results_readme_opens_with_the_study_main_table(tmp_path):
     assert readme.startswith("# The study\n\n**Does it generalise?**\n\n| group | representation | words, in-domain |")
     assert "| audiovisual SSL | av-joint | 79.00 [" in readme and "[question/report.md](question/report.md)" in readme
     assert (runs.parent / "question" / "report.html").is_file()
+
+
+def test_one_seed_over_two_corpora_gets_a_bootstrap_interval_inside_the_metric_range():
+    """Two corpora and one seed: the corpora are not replicates, so no t interval over them."""
+    records = [r for r in study_records(n_right_av=(95, 78)) if r["seed"] == 0]
+    report = build_report(FakeSweep, records, planned(records))
+    cell = report.cells[("av-joint", "words", "in-domain")]
+    assert cell.ci_kind == "bootstrap over test items" and len(cell.values) == 2
+    assert 0.0 <= cell.ci[0] < cell.mean < cell.ci[1] <= 1.0 and cell.ci[1] - cell.ci[0] < 0.15
+    gap = report.gaps[("av-joint", "words")]
+    assert gap.ci_kind == "bootstrap over test items" and gap.ci[0] < gap.mean < gap.ci[1]
+    assert "‡" in render_markdown(report)

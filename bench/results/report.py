@@ -87,7 +87,7 @@ class CellStats:
     values: list[float]
     mean: float
     ci: tuple[float, float] | None
-    ci_kind: str          # "t over runs" | "bootstrap over test items" | reason there is none
+    ci_kind: str          # "t over N seeds" | "bootstrap over test items" | reason there is none
 
 
 @dataclass
@@ -136,20 +136,44 @@ def t_interval(values: list[float], level: float = stats.CI_LEVEL) -> tuple[floa
     return mean - half, mean + half
 
 
+def per_seed_means(units: list[Unit]) -> list[float] | None:
+    """The cell's value per seed (mean over its corpus pairs), when every seed ran the same corpus pairs."""
+    by_seed: dict[int, dict[tuple[str, str], float]] = {}
+    for u in units:
+        by_seed.setdefault(u.seed, {})[(u.train_corpus, u.test_corpus)] = u.value
+    pairs = {frozenset(v) for v in by_seed.values()}
+    if len(by_seed) < 2 or len(pairs) != 1:
+        return None
+    return [float(np.mean(list(by_seed[s].values()))) for s in sorted(by_seed)]
+
+
+def bootstrap_samples(units: list[Unit], metric: str) -> np.ndarray | None:
+    """Resampled values of the cell's mean over runs: each run's test items (clips or trials) resampled
+    on their own, the runs averaged per resample. None when a run lacks its per-item results."""
+    try:
+        return np.mean([stats.bootstrap_metric_samples(u.record, metric) for u in units], axis=0)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _bounded(ci: tuple[float, float], metric: str) -> tuple[float, float]:
+    """Accuracy and EER live in [0, 1]; a t interval of few, spread runs can leave it."""
+    return max(ci[0], 0.0), min(ci[1], 1.0)
+
+
 def cell_stats(units: list[Unit], metric: str) -> CellStats:
+    """Mean over runs. CI: Student's t over seeds (corpora held fixed) when there are two or more,
+    else the bootstrap over the runs' test items."""
     values = [u.value for u in units]
     mean = float(np.mean(values))
-    if len(values) >= 2:
-        return CellStats(values, mean, t_interval(values), "t over runs")
-    record = units[0].record
-    try:
-        if metric in ("eer", "min_dcf"):
-            ci = stats.verification_ci([record["trial_scores"]], record["trial_labels"], metric)
-        else:
-            ci = stats.classification_ci(record["test_targets"], [record["test_predictions"]], metric)
-        return CellStats(values, mean, ci, "bootstrap over test items")
-    except (KeyError, TypeError, ValueError):
-        return CellStats(values, mean, None, "one run without per-item results")
+    seeds = per_seed_means(units)
+    if seeds is not None:
+        return CellStats(values, mean, _bounded(t_interval(seeds), metric), f"t over {len(seeds)} seeds")
+    samples = bootstrap_samples(units, metric)
+    if samples is None:
+        return CellStats(values, mean, None, "no per-item results to bootstrap")
+    lo, hi = np.percentile(samples, [50 * (1 - stats.CI_LEVEL), 50 * (1 + stats.CI_LEVEL)])
+    return CellStats(values, mean, (float(lo), float(hi)), "bootstrap over test items")
 
 
 def _setting(record: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -197,16 +221,30 @@ def gather(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[Uni
 
 
 def gaps(units: dict[tuple[str, str, str], list[Unit]]) -> dict[tuple[str, str], CellStats]:
-    """In-domain minus cross-corpus, paired by (training corpus, seed)."""
+    """In-domain minus cross-corpus, paired by (training corpus, seed); CI as for cells (t over seeds,
+    else the bootstrap over both test sets)."""
     out = {}
     for (rep, task, setting), cross in units.items():
         if setting != "cross-corpus":
             continue
-        inside = {(u.train_corpus, u.seed): u.value for u in units.get((rep, task, "in-domain"), [])}
-        diffs = [inside[(u.train_corpus, u.seed)] - u.value for u in cross if (u.train_corpus, u.seed) in inside]
-        if diffs:
-            out[(rep, task)] = CellStats(diffs, float(np.mean(diffs)), t_interval(diffs),
-                                         "t over paired runs" if len(diffs) > 1 else "one pair: no interval")
+        inside = {(u.train_corpus, u.seed): u for u in units.get((rep, task, "in-domain"), [])}
+        pairs = [(inside[(u.train_corpus, u.seed)], u) for u in cross if (u.train_corpus, u.seed) in inside]
+        if not pairs:
+            continue
+        diffs = [a.value - b.value for a, b in pairs]
+        as_units = [Unit(b.record, b.train_corpus, b.test_corpus, b.seed, d) for (a, b), d in zip(pairs, diffs)]
+        seeds = per_seed_means(as_units)
+        metric = PRIMARY_METRIC[task]
+        if seeds is not None:
+            out[(rep, task)] = CellStats(diffs, float(np.mean(diffs)), t_interval(seeds), f"t over {len(seeds)} seeds")
+            continue
+        inside_samples = bootstrap_samples([a for a, _ in pairs], metric)
+        cross_samples = bootstrap_samples([b for _, b in pairs], metric)
+        ci = None
+        if inside_samples is not None and cross_samples is not None:
+            lo, hi = np.percentile(inside_samples - cross_samples, [50 * (1 - stats.CI_LEVEL), 50 * (1 + stats.CI_LEVEL)])
+            ci = (float(lo), float(hi))
+        out[(rep, task)] = CellStats(diffs, float(np.mean(diffs)), ci, "bootstrap over test items")
     return out
 
 

@@ -13,6 +13,7 @@ import io
 from typing import Any
 
 from bench.results.pretraining import budget_text, trained_text
+from bench.results.stats import BOOTSTRAP_RESAMPLES
 from bench.results.report import ALPHA, PRIMARY_METRIC, REPORT_GROUPS, Report, finding
 from bench.results.tables import METRICS
 
@@ -30,7 +31,7 @@ def cell_text(report: Report, key: tuple[str, str, str]) -> str:
         return "—"
     metric = PRIMARY_METRIC[key[1]]
     ci = "" if cell.ci is None else f" [{_fmt(metric, cell.ci[0])}, {_fmt(metric, cell.ci[1])}]"
-    mark = "" if cell.ci_kind == "t over runs" else "‡"
+    mark = "" if cell.ci_kind.startswith("t over") else "‡"
     return f"{_fmt(metric, cell.mean)}{ci} (n={len(cell.values)}){mark}"
 
 
@@ -52,8 +53,12 @@ def gap_rows(report: Report) -> list[list[str]]:
 
 
 def test_rows(report: Report) -> list[list[str]]:
+    def p_text(p: float) -> str:  # a bootstrap p at its floor is a bound, not a value
+        return f"≤{p:.3g}" if p <= 1.0 / BOOTSTRAP_RESAMPLES else f"{p:.3g}"
+
     return [[t.a, t.b, f"{TASK_TITLES[t.task]}, {t.setting}", f"{_fmt(t.metric, t.mean_a)} vs {_fmt(t.metric, t.mean_b)}",
-             f"{t.p:.3g}", f"{t.p_holm:.3g}", "yes" if t.p_holm < ALPHA else "no", t.detail] for t in report.tests]
+             p_text(t.p) if "bootstrap" in t.detail else f"{t.p:.3g}", f"{t.p_holm:.3g}",
+             "yes" if t.p_holm < ALPHA else "no", t.detail] for t in report.tests]
 
 
 def limitations(report: Report) -> list[str]:
@@ -70,10 +75,10 @@ def limitations(report: Report) -> list[str]:
     if counts:
         out.append(f"Runs per cell: {counts[0]}" + (f" to {counts[-1]}" if counts[-1] != counts[0] else "")
                    + f" (seeds {', '.join(map(str, report.seeds))} over {len(report.corpora)} training corpora).")
-    one = sum(1 for c in report.cells.values() if len(c.values) == 1)
+    one = sum(1 for c in report.cells.values() if not c.ci_kind.startswith("t over"))
     if one:
-        out.append(f"{one} cell(s) rest on one run: their interval (‡) covers only the finite test set, not "
-                   "training seeds.")
+        out.append(f"{one} cell(s) rest on one seed: their interval (‡) covers only the finite test sets, not "
+                   "the spread over training seeds.")
     if report.missing:
         out.append(f"{len(report.missing)} cell(s) of the configured grid have no record yet: "
                    + "; ".join(report.missing[:12]) + (" ..." if len(report.missing) > 12 else "") + ".")
@@ -95,9 +100,11 @@ def _setup_lines(report: Report) -> list[str]:
         lines.append(f"{corpus}, data checks: " + ("; ".join(checks) if checks else
                                                    f"none committed (results/corpus/check-{corpus}.txt)"))
     for build in report.pretraining:
-        labels = f"{build['labels']} labels" if build.get("labels") else "no labels"
-        lines.append(f"{trained_text(build)} saw {build.get('data_name', '?')}'s training split ({labels}), "
-                     f"{budget_text(build)}.")
+        labels = {"label": "word labels", None: "no labels"}.get(build.get("labels"), f"{build.get('labels')} labels")
+        line = (f"{trained_text(build).replace('(labels: label)', '(labels: words)')} saw "
+                f"{build.get('data_name', '?')}'s training split ({labels}), {budget_text(build)}.")
+        if line not in lines:  # two builds of one recipe (a rebuilt checkpoint) read the same
+            lines.append(line)
     lines += [f"Deviation from the paper: {d}" for d in report.deviations]
     groups = {}
     for rep, group in report.representations.items():
@@ -112,8 +119,8 @@ def render_markdown(report: Report) -> str:
     out += [f"- {line}" for line in _setup_lines(report)] + [""]
     out += ["## Main table\n", "Metric: accuracy (%) for words, speaker id and emotion; equal error rate (%, lower "
             "is better) for speaker verification. Each cell: mean [95% CI] (n = runs, over training corpora and "
-            "seeds). The CI is Student's t over runs; ‡ marks a single run, whose CI is the bootstrap over its test "
-            "items.\n", _markdown_table(header, rows)]
+            "seeds). The CI is Student's t over seeds (each seed's mean over the corpora); ‡ marks a cell of one "
+            "seed, whose CI is the bootstrap over its runs' test items.\n", _markdown_table(header, rows)]
     out += ["## Generalisation gap (in-domain minus cross-corpus)\n",
             _markdown_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
@@ -184,7 +191,7 @@ def render_html(report: Report) -> str:
                         f"<p><b>Question.</b> {html.escape(report.question)}</p>", "<h2>Setup</h2><ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in _setup_lines(report)] + ["</ul>", "<h2>Main table</h2>",
               "<p>Accuracy (%) for words, speaker id and emotion; EER (%, lower is better) for speaker verification. "
-              "Mean [95% CI] (n runs); ‡: one run, bootstrap CI over its test items.</p>",
+              "Mean [95% CI] (n runs); CI: t over seeds; ‡: one seed, bootstrap CI over the test items.</p>",
               _html_table(header, rows, "main-table")]
     png = _figure_png(report)
     if png is not None:

@@ -193,3 +193,25 @@ def paired_verification_p(groups, metric: str = "eer", *, resamples: int = BOOTS
             differences[start:start + size] += (mean_a - mean_b) / len(groups)
     share = min(np.mean(differences <= 0), np.mean(differences >= 0))
     return float(min(1.0, max(2.0 * share, 1.0 / resamples)))
+
+
+def bootstrap_metric_samples(record, metric: str, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                             seed: int = BOOTSTRAP_SEED):
+    """One run's metric ("accuracy" | "eer" | "min_dcf") on `resamples` bootstrap resamples of its test
+    items: clips for accuracy, trials (targets and non-targets apart) for EER and minDCF. Raises
+    KeyError/TypeError when the record has no per-item results."""
+    rng = np.random.default_rng(seed)
+    if metric == "accuracy":
+        right = (np.asarray(record["test_predictions"]) == np.asarray(record["test_targets"])).astype(float)
+        return np.concatenate([right[rng.integers(0, len(right), (min(_CHUNK, resamples - start), len(right)))]
+                               .mean(axis=1) for start in range(0, resamples, _CHUNK)])
+    scores, labels = np.asarray(record["trial_scores"], dtype=float), np.asarray(record["trial_labels"], dtype=float)
+    score_of = {"eer": _eer, "min_dcf": _min_dcf}[metric]
+    targets, nontargets, n = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0), len(labels)
+    samples = []
+    for start in range(0, resamples, _CHUNK):
+        size = min(_CHUNK, resamples - start)
+        picks = np.hstack([rng.choice(targets, (size, len(targets))), rng.choice(nontargets, (size, len(nontargets)))])
+        counts = np.bincount((picks * size + np.arange(size)[:, None]).ravel(), minlength=n * size).reshape(n, size)
+        samples.append(score_of(*_det_rates(scores, labels, counts)))
+    return np.concatenate(samples)

@@ -90,7 +90,7 @@ def study_section(records_path: Path, records: list, pretraining: list) -> tuple
     table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "".join(
         "| " + " | ".join(row) + " |\n" for row in rows)
     text = (f"# The study\n\n**{report.question}**\n\n{table}\nMean [95% CI] (n runs over corpora and seeds); "
-            f"accuracy (%), EER (%) for verification; ‡ one run (bootstrap CI over its test items). The whole "
+            f"accuracy (%), EER (%) for verification; CI: t over seeds; ‡ one seed (bootstrap CI over the test items). The whole "
             f"report, with the generalisation gaps, the paired tests and the findings: [{STUDY}/report.md]"
             f"({STUDY}/report.md), [{STUDY}/report.html]({STUDY}/report.html).\n\n")
     return text, {f"{STUDY}/report.md": report_markdown(report).encode(),
