@@ -103,6 +103,16 @@ def _min_dcf(p_miss: np.ndarray, p_fa: np.ndarray, p_target: float = DCF_P_TARGE
     return dcf.min(axis=1) / min(c_miss * p_target, c_fa * (1 - p_target))
 
 
+def _trial_counts(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
+    """(n_trials, size): how often each trial is drawn in each of `size` bootstrap resamples, targets
+    and non-targets resampled apart (so every resample has both kinds)."""
+    targets, nontargets, n = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0), len(labels)
+    if not len(targets) or not len(nontargets):
+        raise ValueError("verification metrics need both target and non-target trials")
+    picks = np.hstack([rng.choice(targets, (size, len(targets))), rng.choice(nontargets, (size, len(nontargets)))])
+    return np.bincount((picks * size + np.arange(size)[:, None]).ravel(), minlength=n * size).reshape(n, size)
+
+
 def verification_ci(scores, labels, metric: str, *, resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED, level: float = CI_LEVEL) -> tuple[float, float]:
     """Bootstrap interval of seed-averaged EER or minDCF ("eer" | "min_dcf") over trials.
@@ -119,14 +129,9 @@ def verification_ci(scores, labels, metric: str, *, resamples: int = BOOTSTRAP_R
     if metric not in score_of:
         raise ValueError(f"unknown verification metric {metric!r} (eer | min_dcf)")
     rng = np.random.default_rng(seed)
-    targets, nontargets = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    if not len(targets) or not len(nontargets):
-        raise ValueError("verification metrics need both target and non-target trials")
     samples = []
     for start in range(0, resamples, _CHUNK):
-        size = min(_CHUNK, resamples - start)
-        picks = np.hstack([rng.choice(targets, (size, len(targets))), rng.choice(nontargets, (size, len(nontargets)))])
-        counts = np.bincount((picks * size + np.arange(size)[:, None]).ravel(), minlength=n * size).reshape(n, size)
+        counts = _trial_counts(rng, labels, min(_CHUNK, resamples - start))
         samples.append(np.mean([score_of[metric](*_det_rates(s, labels, counts)) for s in scores], axis=0))
     return _interval(np.concatenate(samples), level)
 
@@ -178,16 +183,9 @@ def paired_verification_p(groups, metric: str = "eer", *, resamples: int = BOOTS
     differences = np.zeros(resamples)
     for scores_a, scores_b, labels in groups:
         labels = np.asarray(labels, dtype=float)
-        n = len(labels)
-        targets, nontargets = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-        if not len(targets) or not len(nontargets):
-            raise ValueError("verification metrics need both target and non-target trials")
         for start in range(0, resamples, _CHUNK):
             size = min(_CHUNK, resamples - start)
-            picks = np.hstack([rng.choice(targets, (size, len(targets))),
-                               rng.choice(nontargets, (size, len(nontargets)))])
-            counts = np.bincount((picks * size + np.arange(size)[:, None]).ravel(),
-                                 minlength=n * size).reshape(n, size)
+            counts = _trial_counts(rng, labels, size)
             mean_a = np.mean([score_of(*_det_rates(np.asarray(s, float), labels, counts)) for s in scores_a], axis=0)
             mean_b = np.mean([score_of(*_det_rates(np.asarray(s, float), labels, counts)) for s in scores_b], axis=0)
             differences[start:start + size] += (mean_a - mean_b) / len(groups)
@@ -207,11 +205,6 @@ def bootstrap_metric_samples(record, metric: str, *, resamples: int = BOOTSTRAP_
                                .mean(axis=1) for start in range(0, resamples, _CHUNK)])
     scores, labels = np.asarray(record["trial_scores"], dtype=float), np.asarray(record["trial_labels"], dtype=float)
     score_of = {"eer": _eer, "min_dcf": _min_dcf}[metric]
-    targets, nontargets, n = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0), len(labels)
-    samples = []
-    for start in range(0, resamples, _CHUNK):
-        size = min(_CHUNK, resamples - start)
-        picks = np.hstack([rng.choice(targets, (size, len(targets))), rng.choice(nontargets, (size, len(nontargets)))])
-        counts = np.bincount((picks * size + np.arange(size)[:, None]).ravel(), minlength=n * size).reshape(n, size)
-        samples.append(score_of(*_det_rates(scores, labels, counts)))
+    samples = [score_of(*_det_rates(scores, labels, _trial_counts(rng, labels, min(_CHUNK, resamples - start))))
+               for start in range(0, resamples, _CHUNK)]
     return np.concatenate(samples)
