@@ -49,7 +49,10 @@ class FakeSweep:
     class _Run:
         task_type, eval_tasks = "words", ("x",)
 
-    runs = [_Run()]
+        def __init__(self, encoder):
+            self.encoder = encoder
+
+    runs = [_Run("av-joint@pretrained:aaaa"), _Run("mfcc39"), _Run("apc@pretrained:cccc")]
 
 
 def planned(records):
@@ -123,7 +126,8 @@ def test_markdown_has_the_question_main_table_and_generated_limitations():
     assert "| audiovisual SSL | av-joint | 79.00 [" in text and "(n=4)" in text
     assert "## Findings" in text and "p_Holm" in text
     assert "2 of the 2 corpora (embedded-aaaa, embedded-bbbb) are synthetic" in text
-    assert "1 cell(s) of the configured grid have no record yet: mfcc39: words, cross-corpus." in text
+    assert ("2 cell(s) of the configured grid have no record yet: mfcc39: words, cross-corpus; "
+            "apc: every task (no record).") in text
 
 
 def test_write_report_reads_the_sweep_its_records_and_its_sidecar(tmp_path):
