@@ -262,7 +262,9 @@ def test_tables_never_mix_records_from_two_builds_of_the_same_task(tmp_path):
                                  "best_epoch": 5, "wall_seconds": 1.0, "config": config}))
     (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
     markdown = write_tables(tmp_path / "runs.jsonl", tmp_path)[0].read_text()
-    assert markdown.count("## embedded:default") == 2
+    assert re.findall(r"## Table \d+\. Words, embedded:default\n", markdown) == [
+        "## Table 1. Words, embedded:default\n", "## Table 2. Words, embedded:default\n"]
+    assert "corpus `embedded-aaaaaaaaaaaa`" in markdown and "corpus `embedded-bbbbbbbbbbbb`" in markdown
     assert "| mfcc39 | frozen | **80.00 ± n/a [n/a] (1)** |" in markdown
     assert "| mfcc39 | frozen | **90.00 ± n/a [n/a] (1)** |" in markdown
 

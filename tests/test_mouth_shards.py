@@ -5,7 +5,6 @@ refused, the CLI flag, and nothing half-written left by a failure."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_prepare_lrw import CLIP_SECONDS, N_CLIPS, make_lrw_tree, mux_audio, write_clip
+from test_prepare_lrw import CLIP_SECONDS, N_CLIPS, garbage_bytes, make_lrw_tree, mux_audio, write_clip
 from test_visual import _pretext
 
 import bench.data.video
@@ -266,7 +265,7 @@ def test_a_failure_mid_write_leaves_no_shards(lrw: Path, tmp_path: Path, monkeyp
 def test_an_undecodable_clip_names_the_file_and_the_fix(lrw: Path, tmp_path: Path) -> None:
     manifest = _prepared(lrw, tmp_path / "out")
     bad = Path(manifest.table["video_path"].iloc[4])
-    bad.write_bytes(os.urandom(4000))
+    bad.write_bytes(garbage_bytes(4000))
     with pytest.raises(VideoError) as err:
         write_mouth_shards(manifest, workers=2, progress=False)
     assert str(bad) in str(err.value) and "--mouth-shards" in str(err.value)
