@@ -239,17 +239,17 @@ def create_encoder(spec: str, checkpoint: str | Path | None = None, **kwargs) ->
                                                    if entry.family else f"{family!r} takes no ':variant'"))
     args = (variant,) if entry.family else ()
     try:
-        parameters = inspect.signature(entry.factory).parameters
+        signature = inspect.signature(entry.factory)
     except ValueError:
-        parameters = {}  # no introspectable signature (a builtin callable): let the call itself decide
-    if checkpoint and "checkpoint" in parameters:
+        signature = None  # no introspectable signature (a builtin callable): let the call itself decide
+    if checkpoint and signature is not None and "checkpoint" in signature.parameters:
         # The factory builds from the file itself (its model may not exist without it).
         kwargs, checkpoint = {**kwargs, "checkpoint": checkpoint}, None
-    try:
-        if parameters:
-            inspect.signature(entry.factory).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"encoder {name!r} does not accept {sorted(kwargs)}: {exc}") from exc
+    if signature is not None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"encoder {name!r} does not accept {sorted(kwargs)}: {exc}") from exc
     encoder = entry.factory(*args, **kwargs)
     if not isinstance(encoder, nn.Module) or not all(hasattr(encoder, a) for a in ("frame_rate", "dim", "forward")):
         raise ConfigError(f"encoder {name!r} ({entry.source}) does not follow the contract: it must be an "

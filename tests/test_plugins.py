@@ -151,3 +151,12 @@ def test_an_encoder_family_builds_members_by_variant_name(capsys):
         assert "test-family:<variant>" in capsys.readouterr().out
     finally:
         registry._REGISTRY.pop("test-family", None)
+
+
+def test_a_keyword_a_factory_does_not_take_is_a_config_error_even_without_parameters(fresh_registry):
+    @fresh_registry.register_encoder("no-arguments")
+    def no_arguments():
+        return fresh_registry.Encoder()
+
+    with pytest.raises(ConfigError, match="'no-arguments' does not accept \\['layer'\\]"):
+        fresh_registry.create_encoder("no-arguments", layer=2)
