@@ -172,8 +172,7 @@ def cell_stats(units: list[Unit], metric: str) -> CellStats:
     samples = bootstrap_samples(units, metric)
     if samples is None:
         return CellStats(values, mean, None, "no per-item results to bootstrap")
-    lo, hi = np.percentile(samples, [50 * (1 - stats.CI_LEVEL), 50 * (1 + stats.CI_LEVEL)])
-    return CellStats(values, mean, (float(lo), float(hi)), "bootstrap over test items")
+    return CellStats(values, mean, stats.percentile_interval(samples), "bootstrap over test items")
 
 
 def _setting(record: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -240,10 +239,8 @@ def gaps(units: dict[tuple[str, str, str], list[Unit]]) -> dict[tuple[str, str],
             continue
         inside_samples = bootstrap_samples([a for a, _ in pairs], metric)
         cross_samples = bootstrap_samples([b for _, b in pairs], metric)
-        ci = None
-        if inside_samples is not None and cross_samples is not None:
-            lo, hi = np.percentile(inside_samples - cross_samples, [50 * (1 - stats.CI_LEVEL), 50 * (1 + stats.CI_LEVEL)])
-            ci = (float(lo), float(hi))
+        ci = None if inside_samples is None or cross_samples is None else \
+            stats.percentile_interval(inside_samples - cross_samples)
         out[(rep, task)] = CellStats(diffs, float(np.mean(diffs)), ci, "bootstrap over test items")
     return out
 

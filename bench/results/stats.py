@@ -34,7 +34,8 @@ def mean_std(values) -> tuple[float, float | None]:
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
-def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap samples."""
     lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
@@ -69,7 +70,7 @@ def classification_ci(targets, predictions, metric: str, *, resamples: int = BOO
             hits, count = hits.reshape(len(idx), -1), count.reshape(len(idx), -1)
             recall = np.divide(hits, count, out=np.zeros_like(hits), where=count > 0)
             samples.append(recall.sum(axis=1) / (count > 0).sum(axis=1))  # UAR over the classes present
-    return _interval(np.concatenate(samples), level)
+    return percentile_interval(np.concatenate(samples), level)
 
 
 def _det_rates(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +114,18 @@ def _trial_counts(rng: np.random.Generator, labels: np.ndarray, size: int) -> np
     return np.bincount((picks * size + np.arange(size)[:, None]).ravel(), minlength=n * size).reshape(n, size)
 
 
+def _trial_samples(scores: np.ndarray, labels: np.ndarray, metric: str, rng: np.random.Generator,
+                   resamples: int) -> np.ndarray:
+    """(n_score_rows, resamples): each row's EER or minDCF on the same bootstrap resamples of the trials,
+    so rows (seeds, or two methods) stay paired."""
+    score_of = {"eer": _eer, "min_dcf": _min_dcf}[metric]
+    chunks = []
+    for start in range(0, resamples, _CHUNK):
+        counts = _trial_counts(rng, labels, min(_CHUNK, resamples - start))
+        chunks.append(np.stack([score_of(*_det_rates(row, labels, counts)) for row in scores]))
+    return np.concatenate(chunks, axis=1)
+
+
 def verification_ci(scores, labels, metric: str, *, resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED, level: float = CI_LEVEL) -> tuple[float, float]:
     """Bootstrap interval of seed-averaged EER or minDCF ("eer" | "min_dcf") over trials.
@@ -125,15 +138,10 @@ def verification_ci(scores, labels, metric: str, *, resamples: int = BOOTSTRAP_R
     n = len(labels)
     if scores.shape[1] != n:
         raise ValueError(f"trial scores {scores.shape} do not match {n} trial labels")
-    score_of = {"eer": _eer, "min_dcf": _min_dcf}
-    if metric not in score_of:
+    if metric not in ("eer", "min_dcf"):
         raise ValueError(f"unknown verification metric {metric!r} (eer | min_dcf)")
-    rng = np.random.default_rng(seed)
-    samples = []
-    for start in range(0, resamples, _CHUNK):
-        counts = _trial_counts(rng, labels, min(_CHUNK, resamples - start))
-        samples.append(np.mean([score_of[metric](*_det_rates(s, labels, counts)) for s in scores], axis=0))
-    return _interval(np.concatenate(samples), level)
+    samples = _trial_samples(scores, labels, metric, np.random.default_rng(seed), resamples)
+    return percentile_interval(samples.mean(axis=0), level)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -178,17 +186,13 @@ def paired_verification_p(groups, metric: str = "eer", *, resamples: int = BOOTS
     targets and non-targets, the same for A and B, so the pairing is kept; p is twice the smaller
     share of resampled differences on either side of zero (floored at one resample's weight).
     """
-    score_of = {"eer": _eer, "min_dcf": _min_dcf}[metric]
     rng = np.random.default_rng(seed)
     differences = np.zeros(resamples)
     for scores_a, scores_b, labels in groups:
-        labels = np.asarray(labels, dtype=float)
-        for start in range(0, resamples, _CHUNK):
-            size = min(_CHUNK, resamples - start)
-            counts = _trial_counts(rng, labels, size)
-            mean_a = np.mean([score_of(*_det_rates(np.asarray(s, float), labels, counts)) for s in scores_a], axis=0)
-            mean_b = np.mean([score_of(*_det_rates(np.asarray(s, float), labels, counts)) for s in scores_b], axis=0)
-            differences[start:start + size] += (mean_a - mean_b) / len(groups)
+        scores_a, scores_b = np.atleast_2d(np.asarray(scores_a, float)), np.atleast_2d(np.asarray(scores_b, float))
+        samples = _trial_samples(np.vstack([scores_a, scores_b]), np.asarray(labels, dtype=float), metric, rng,
+                                 resamples)
+        differences += (samples[:len(scores_a)].mean(axis=0) - samples[len(scores_a):].mean(axis=0)) / len(groups)
     share = min(np.mean(differences <= 0), np.mean(differences >= 0))
     return float(min(1.0, max(2.0 * share, 1.0 / resamples)))
 
@@ -203,8 +207,5 @@ def bootstrap_metric_samples(record, metric: str, *, resamples: int = BOOTSTRAP_
         right = (np.asarray(record["test_predictions"]) == np.asarray(record["test_targets"])).astype(float)
         return np.concatenate([right[rng.integers(0, len(right), (min(_CHUNK, resamples - start), len(right)))]
                                .mean(axis=1) for start in range(0, resamples, _CHUNK)])
-    scores, labels = np.asarray(record["trial_scores"], dtype=float), np.asarray(record["trial_labels"], dtype=float)
-    score_of = {"eer": _eer, "min_dcf": _min_dcf}[metric]
-    samples = [score_of(*_det_rates(scores, labels, _trial_counts(rng, labels, min(_CHUNK, resamples - start))))
-               for start in range(0, resamples, _CHUNK)]
-    return np.concatenate(samples)
+    scores = np.asarray([record["trial_scores"]], dtype=float)
+    return _trial_samples(scores, np.asarray(record["trial_labels"], dtype=float), metric, rng, resamples)[0]
