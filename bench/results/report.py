@@ -257,11 +257,13 @@ def _paired_units(a: list[Unit], b: list[Unit]) -> list[tuple[list[Unit], list[U
     return groups
 
 
-def paired_test(a: list[Unit], b: list[Unit], metric: str) -> tuple[float, str] | None:
-    """(p, what was tested) for A against B on the runs both have; None when nothing pairs up."""
+def paired_test(a: list[Unit], b: list[Unit], metric: str) -> tuple[float, str, float, float] | None:
+    """(p, what was tested, A's mean, B's mean) on the runs both have; None when nothing pairs up."""
     groups = _paired_units(a, b)
     if not groups:
         return None
+    means = (float(np.mean([u.value for ua, _ in groups for u in ua])),
+             float(np.mean([u.value for _, ub in groups for u in ub])))
     if metric in ("eer", "min_dcf"):
         try:
             p = stats.paired_verification_p([([u.record["trial_scores"] for u in ua], [u.record["trial_scores"] for u in ub],
@@ -269,7 +271,7 @@ def paired_test(a: list[Unit], b: list[Unit], metric: str) -> tuple[float, str] 
         except (KeyError, ValueError):
             return None
         runs = sum(len(ua) for ua, _ in groups)
-        return p, f"paired bootstrap over trials, {runs} run pair(s)"
+        return p, f"paired bootstrap over trials, {runs} run pair(s)", *means
     b_total = c_total = clips = 0
     for ua, ub in groups:
         targets = ua[0].record.get("test_targets")
@@ -278,8 +280,8 @@ def paired_test(a: list[Unit], b: list[Unit], metric: str) -> tuple[float, str] 
         b_, c_, _ = stats.paired_mcnemar(targets, [u.record["test_predictions"] for u in ua],
                                          [u.record["test_predictions"] for u in ub])
         b_total, c_total, clips = b_total + b_, c_total + c_, clips + len(targets)
-    return stats.mcnemar_exact(b_total, c_total), (f"exact McNemar on {clips} test clips: A alone right on "
-                                                   f"{b_total}, B alone right on {c_total}")
+    return (stats.mcnemar_exact(b_total, c_total),
+            f"exact McNemar on {clips} test clips: A alone right on {b_total}, B alone right on {c_total}", *means)
 
 
 def run_tests(units: dict[tuple[str, str, str], list[Unit]], representations: dict[str, str]) -> list[Test]:
@@ -295,10 +297,7 @@ def run_tests(units: dict[tuple[str, str, str], list[Unit]], representations: di
                     result = paired_test(ua, ub, metric) if ua and ub else None
                     if result is None:
                         continue
-                    p, detail = result
-                    pairs = _paired_units(ua, ub)
-                    mean_a = float(np.mean([u.value for g, _ in pairs for u in g]))
-                    mean_b = float(np.mean([u.value for _, g in pairs for u in g]))
+                    p, detail, mean_a, mean_b = result
                     tests.append(Test(task, setting, a, b, metric, mean_a, mean_b, p, detail))
     for test, adjusted in zip(tests, stats.holm_bonferroni([t.p for t in tests]) if tests else []):
         test.p_holm = adjusted

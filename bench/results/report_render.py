@@ -87,7 +87,7 @@ def limitations(report: Report) -> list[str]:
     return out
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -120,12 +120,12 @@ def render_markdown(report: Report) -> str:
     out += ["## Main table\n", "Metric: accuracy (%) for words, speaker id and emotion; equal error rate (%, lower "
             "is better) for speaker verification. Each cell: mean [95% CI] (n = runs, over training corpora and "
             "seeds). The CI is Student's t over seeds (each seed's mean over the corpora); ‡ marks a cell of one "
-            "seed, whose CI is the bootstrap over its runs' test items.\n", _markdown_table(header, rows)]
+            "seed, whose CI is the bootstrap over its runs' test items.\n", markdown_table(header, rows)]
     out += ["## Generalisation gap (in-domain minus cross-corpus)\n",
-            _markdown_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report))
+            markdown_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
     out += ["## Audiovisual self-supervision against supervised representations\n",
-            _markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})", "test"],
+            markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})", "test"],
                             test_rows(report)) if report.tests else "No pair of records to test yet.\n"]
     out += ["## Findings\n"] + ([f"- {finding(t)}" for t in report.tests] or ["- No test could be run."]) + [""]
     out += ["## Limitations\n"] + [f"- {line}" for line in limitations(report)] + [""]

@@ -72,11 +72,19 @@ def realism_notes(records_path: Path) -> dict[str, list[str]]:
     return notes
 
 
+def report_files(sweep, records: list, planned: set[str], pretraining: list, records_path: Path):
+    """(the Report of `sweep` from its planned runs' records, {"report.md": ..., "report.html": ...})."""
+    from bench.results.report import build_report
+    from bench.results.report_render import render_html, render_markdown as report_markdown
+
+    report = build_report(sweep, records, planned, pretraining, realism_notes(records_path))
+    return report, {"report.md": report_markdown(report).encode(), "report.html": render_html(report).encode()}
+
+
 def study_section(records_path: Path, records: list, pretraining: list) -> tuple[str, dict[str, bytes]]:
     """The opening of results/README.md: the study's main table and its report files, when the sweeps
     sidecar names the study's config and runs; else how to make them."""
-    from bench.results.report import build_report
-    from bench.results.report_render import main_table_rows, render_html, render_markdown as report_markdown
+    from bench.results.report_render import main_table_rows, markdown_table
     from bench.sweep.config import load_sweep
 
     entry = results_index.sweep_entries(records_path).get(STUDY)
@@ -85,38 +93,31 @@ def study_section(records_path: Path, records: list, pretraining: list) -> tuple
                 f"configs/{STUDY}.yaml` runs it, then `avbench tables` (or `avbench report configs/{STUDY}.yaml`) "
                 f"writes its report to {STUDY}/report.md and {STUDY}/report.html and its main table here.\n\n"), {}
     sweep = load_sweep(records_path.parent / entry["config"])
-    report = build_report(sweep, records, set(entry["config_hashes"]), pretraining, realism_notes(records_path))
-    header, rows = main_table_rows(report)
-    table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "".join(
-        "| " + " | ".join(row) + " |\n" for row in rows)
-    text = (f"# The study\n\n**{report.question}**\n\n{table}\nMean [95% CI] (n runs over corpora and seeds); "
-            f"accuracy (%), EER (%) for verification; CI: t over seeds; ‡ one seed (bootstrap CI over the test items). The whole "
-            f"report, with the generalisation gaps, the paired tests and the findings: [{STUDY}/report.md]"
-            f"({STUDY}/report.md), [{STUDY}/report.html]({STUDY}/report.html).\n\n")
-    return text, {f"{STUDY}/report.md": report_markdown(report).encode(),
-                  f"{STUDY}/report.html": render_html(report).encode()}
+    report, files = report_files(sweep, records, set(entry["config_hashes"]), pretraining, records_path)
+    text = (f"# The study\n\n**{report.question}**\n\n{markdown_table(*main_table_rows(report))}\nMean [95% CI] "
+            f"(n runs over corpora and seeds); accuracy (%), EER (%) for verification; CI: t over seeds; ‡ one seed "
+            f"(bootstrap CI over the test items). The whole report, with the generalisation gaps, the paired tests "
+            f"and the findings: [{STUDY}/report.md]({STUDY}/report.md), [{STUDY}/report.html]({STUDY}/report.html).\n\n")
+    return text, {f"{STUDY}/{name}": data for name, data in files.items()}
 
 
 def write_report(config_path: str | Path, records_path: str | Path | None = None,
                  out_dir: str | Path | None = None) -> list[Path]:
     """results/<name>/report.md and report.html for the sweep config, from the records its runs wrote."""
     from bench.errors import ConfigError
-    from bench.results.report import build_report
-    from bench.results.report_render import render_html, render_markdown as render_report_markdown
     from bench.sweep.config import load_sweep
 
     sweep = load_sweep(config_path)
     records_path = Path(records_path or sweep.records)
     if not records_path.is_file():
         raise ConfigError(f"{records_path}: no run records yet; run `avbench sweep {config_path}` first.")
-    planned = {h for h, names in results_index.sweeps_by_run(records_path).items() if sweep.name in names}
+    planned = set(results_index.sweep_entries(records_path).get(sweep.name, {}).get("config_hashes", []))
     if not planned:
         raise ConfigError(f"{records_path}: no run of the sweep {sweep.name!r} is recorded (its sidecar "
                           f"{records_path.stem}.sweeps.json names none); run `avbench sweep {config_path}` first.")
-    report = build_report(sweep, read_records(records_path), planned,
-                          read_pretraining_records(pretraining_records_path(records_path)), realism_notes(records_path))
+    _, files = report_files(sweep, read_records(records_path), planned,
+                            read_pretraining_records(pretraining_records_path(records_path)), records_path)
     out_dir = Path(out_dir or Path("results") / sweep.name)
-    files = {"report.md": render_report_markdown(report).encode(), "report.html": render_html(report).encode()}
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     return [out_dir / name for name in files]
