@@ -102,8 +102,9 @@ def _checkpoint_metadata(path: Path) -> dict:
     return state if isinstance(state, dict) else {}
 
 
-def _spec_from(model_file_path: str) -> str:
-    """NAME or NAME@CHECKPOINT from what load_model was given (see the module docstring)."""
+def _spec_from(model_file_path: str) -> tuple[str, dict | None]:
+    """NAME or NAME@CHECKPOINT from what load_model was given (see the module docstring), and the
+    checkpoint's contents when reading them named the encoder (None when they were not read)."""
     given = str(model_file_path or "").strip()
     named = os.environ.get(ENCODER_VARIABLE, "").strip()
     if not given:
@@ -111,30 +112,30 @@ def _spec_from(model_file_path: str) -> str:
             raise ConfigError(f"bench.hear.load_model needs an encoder: pass NAME or NAME@CHECKPOINT as the model "
                               f"file path (hear-validator bench.hear -m mfcc39) or set {ENCODER_VARIABLE}=NAME. "
                               "`avbench list` names the encoders.")
-        return named
+        return named, None
     path = Path(given)
     if "@" in given or not path.is_file():
-        return given
-    name = _checkpoint_metadata(path).get("encoder_name")
+        return given, None
+    saved = _checkpoint_metadata(path)
+    name = saved.get("encoder_name")
     if name:
         if named and split_spec(named)[0] != name:
             raise ConfigError(f"{path}: the checkpoint is {name!r}'s but {ENCODER_VARIABLE} names {named!r}")
-        return f"{name}@{path}"
+        return f"{name}@{path}", saved
     if named:
-        return f"{split_spec(named)[0]}@{path}"
+        return f"{split_spec(named)[0]}@{path}", saved
     raise ConfigError(f"{path}: the checkpoint does not record its encoder (no 'encoder_name'); pass "
                       f"NAME@{path} as the model file path, or set {ENCODER_VARIABLE}=NAME.")
 
 
 def load_model(model_file_path: str = "") -> HearModel:
     """The HEAR model of an avbench encoder: NAME, NAME@CHECKPOINT, an avbench checkpoint, or $AVBENCH_HEAR_ENCODER."""
-    spec = _spec_from(model_file_path)
+    spec, saved = _spec_from(model_file_path)
     name, checkpoint = split_spec(spec)
-    kwargs = {}
-    if checkpoint and Path(checkpoint).is_file():
-        saved = _checkpoint_metadata(Path(checkpoint)).get("encoder_kwargs")
-        if isinstance(saved, dict):
-            kwargs = dict(saved)  # the settings pretraining built the encoder with
+    if saved is None and checkpoint and Path(checkpoint).is_file():
+        saved = _checkpoint_metadata(Path(checkpoint))
+    kwargs = (saved or {}).get("encoder_kwargs")
+    kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}  # the settings pretraining built the encoder with
     if not checkpoint and getattr(encoder_entry(name.partition(":")[0]).factory, "needs_pretraining", False):
         log.warning("bench.hear: %s has no checkpoint, so its weights are random; pass %s@CHECKPOINT", name, name)
     encoder = create_encoder(spec, **kwargs)
