@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import logging
 import re
 import sys
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
@@ -58,9 +57,7 @@ from torch import nn
 from baselines.s3prl_adapter import match_length
 from bench.errors import ConfigError
 from bench.files import file_sha256
-from bench.registry import Encoder, register_encoder
-
-log = logging.getLogger("avbench.hear")
+from bench.registry import Encoder, put_cwd_on_sys_path, register_encoder
 
 # Bump when a change to this module changes the features: cached ones go stale.
 FEATURE_VERSION = 1
@@ -75,8 +72,7 @@ def import_hear_module(name: str) -> Any:
     """Import MODULE and check that it has the two HEAR functions this adapter calls."""
     if not _MODULE_NAME.fullmatch(name):
         raise ConfigError(f"hear:{name}: a HEAR module is a dotted Python module name (e.g. hear:hearbaseline)")
-    if str(Path.cwd()) not in sys.path and "" not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # `hear:my_model` finds ./my_model.py, as --plugin does
+    put_cwd_on_sys_path()  # `hear:my_model` finds ./my_model.py, as --plugin does
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -104,11 +100,11 @@ def module_identity(name: str, module: Any) -> dict:
             break
         except PackageNotFoundError:
             continue
+    # Every source file of MODULE's top package (imported with it); else MODULE's own file.
+    top_module = sys.modules[top]
+    top_file = Path(getattr(top_module, "__file__", "") or "")
+    root = top_file.parent if top_file.name == "__init__.py" else None
     file = Path(getattr(module, "__file__", "") or "")
-    root = file.parent if file.name == "__init__.py" else None
-    top_module = sys.modules.get(top)
-    if top_module is not None and getattr(top_module, "__file__", None) and Path(top_module.__file__).name == "__init__.py":
-        root = Path(top_module.__file__).parent
     files = sorted(root.rglob("*.py")) if root else ([file] if file.is_file() else [])
     digest = hashlib.sha256()
     for f in files:

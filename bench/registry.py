@@ -180,6 +180,15 @@ def load_plugins(group: str, kind: str, registered_by: Callable[[str], str | Non
         yield ep, obj
 
 
+def put_cwd_on_sys_path() -> None:
+    """Let a module in the working folder be imported by name, as `python -m` would (console scripts
+    do not put the working folder on sys.path): `--plugin my_encoder`, `hear:my_model`."""
+    import sys
+
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+
+
 def import_plugin(module_or_file: str) -> None:
     """Import a module by dotted name, or a .py file by path, so its @register_encoder lines run."""
     import importlib.util
@@ -194,8 +203,7 @@ def import_plugin(module_or_file: str) -> None:
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
         return
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # `--plugin my_encoder` finds ./my_encoder.py
+    put_cwd_on_sys_path()  # `--plugin my_encoder` finds ./my_encoder.py
     try:
         importlib.import_module(module_or_file)
     except ModuleNotFoundError as exc:
