@@ -154,14 +154,16 @@ def _figure_png(report: Report) -> bytes | None:
                 lo, hi = cell.ci if cell.ci else (cell.mean, cell.mean)
                 ax.errorbar(cell.mean * metric.scale, i + offset, xerr=[[(cell.mean - lo) * metric.scale],
                             [(hi - cell.mean) * metric.scale]], fmt="o", color=colour, ms=4, capsize=2,
-                            label=setting if i == 0 or not ax.get_legend_handles_labels()[1].count(setting) else None)
+                            label=setting)
         ax.set_yticks(range(len(reps)), reps if ax is axes[0][0] else [""] * len(reps), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(TASK_TITLES[task], fontsize=9)
         ax.set_xlabel(metric.title.split(",")[0], fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
+    unique = {}  # one legend entry per setting, from whichever panel shows it first
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            unique.setdefault(label, handle)
     fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     buffer = io.BytesIO()
