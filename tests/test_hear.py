@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_audiovisual import SMALL_RESNET, SMALL_VISUAL
 
 import bench.hear as hear
 from bench.data.feature_cache import weights_digest
@@ -19,9 +20,6 @@ from bench.errors import ConfigError
 from bench.registry import create_encoder
 
 MODULES = Path(__file__).parent / "hear_modules"
-SMALL_RESNET = {"stage_channels": [8, 8, 16, 16]}
-SMALL_VISUAL = {"channels": [8, 16, 16], "id_dim": 16, "audio_dim": 16, "noise_dim": 4, "size": 32,
-                "snapshot_clips": 2, "mean_frame_clips": 4}
 
 
 @pytest.fixture

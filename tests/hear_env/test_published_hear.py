@@ -25,9 +25,9 @@ import torch
 pytest.importorskip("hearvalidator", reason="hearvalidator is not installed: run `tox -e hear`")
 hearbaseline = pytest.importorskip("hearbaseline", reason="hearbaseline is not installed: run `tox -e hear`")
 
-from bench.registry import create_encoder  # noqa: E402
+from test_audiovisual import SMALL_RESNET  # noqa: E402
 
-SMALL_RESNET = {"stage_channels": [8, 8, 16, 16]}
+from bench.registry import create_encoder  # noqa: E402
 
 
 def _validator(spec: str, tmp_path) -> str:
