@@ -79,7 +79,8 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--force", action="store_true", help="re-run recorded configs")
     sweep.add_argument("--encoders", type=lambda s: [n.strip() for n in s.split(",") if n.strip()], default=None,
                        help="run only these of the config's encoders (comma-separated base names, e.g. "
-                            "mfcc39,logmel,av-joint) and the pretraining they need; the rest stays to run later")
+                            "mfcc39,logmel,av-joint, or pretraining entries, e.g. resnet18-dino-q) and the "
+                            "pretraining they need; the rest stays to run later")
     sweep.add_argument("--dry-run", action="store_true",
                        help="count recorded, failed and remaining runs, estimate the cost, and exit")
     sweep.add_argument("--executor", choices=("local", "ray"), default="local",

@@ -456,6 +456,18 @@ def test_encoders_option_runs_a_part_of_the_grid_with_only_the_pretraining_it_ne
         select_encoders(load_sweep(ROOT / "configs" / "cross-corpus.yaml"), ["hubert"])
 
 
+def test_encoders_option_picks_one_pretraining_entry_among_an_encoders_checkpoints():
+    from bench.sweep.config import select_encoders
+
+    part = select_encoders(load_sweep(ROOT / "configs" / "question.yaml"), ["resnet18-supervised-words-q", "mfcc39"])
+    assert sorted({r.encoder for r in part.runs}) == ["mfcc39", "resnet18@pretrained:resnet18-supervised-words-q"]
+    assert list(part.pretraining) == ["resnet18-supervised-words-q"]
+    whole = select_encoders(load_sweep(ROOT / "configs" / "question.yaml"), ["resnet18"])
+    assert len(whole.pretraining) == 5  # the base name still takes every ResNet18 checkpoint
+    with pytest.raises(ConfigError, match=r"and its pretraining entries apc-q, av-audio-q, "):
+        select_encoders(load_sweep(ROOT / "configs" / "question.yaml"), ["resnet18-byol-q"])
+
+
 def test_speaker_id_is_not_tested_across_corpora(tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text("tasks: [a, b]\neval_tasks: [a, b]\ntask_types: [words, speaker-id]\nencoders: [mfcc39]\n")

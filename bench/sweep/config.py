@@ -195,17 +195,24 @@ def _has_parameters(encoder: str, train: dict) -> bool:
 
 
 def select_encoders(sweep: Sweep, names: list[str]) -> Sweep:
-    """Keep the runs of these encoders (base names, as in `av-joint@pretrained:ENTRY` -> av-joint) and
-    the pretraining entries they evaluate: a part of a grid, run now, recorded like the whole."""
+    """Keep the runs of these encoders and the pretraining entries they evaluate: a part of a grid, run
+    now, recorded like the whole. A name is a base name (`av-joint@pretrained:ENTRY` -> av-joint) or a
+    pretraining entry (ENTRY), which picks one of several checkpoints of one encoder, e.g. the supervised
+    ResNet18 among the ResNet18 objectives."""
     from bench.sweep.pretraining import entry_of
 
+    def names_of(encoder: str) -> set[str]:
+        return {encoder.partition("@")[0], entry_of(encoder)} - {None}
+
     present = sorted({run.encoder.partition("@")[0] for run in sweep.runs})
-    unknown = [n for n in names if n not in present]
+    entries = sorted({entry_of(run.encoder) for run in sweep.runs} - {None})
+    unknown = [n for n in names if n not in present and n not in entries]
     if unknown:
         raise ConfigError(f"{sweep.source}: --encoders names {', '.join(unknown)}, which this sweep does not run; "
-                          f"its encoders are {', '.join(present)}")
-    runs = [run for run in sweep.runs if run.encoder.partition("@")[0] in names]
-    entries = {entry_of(run.encoder) for run in runs}
+                          f"its encoders are {', '.join(present)}"
+                          + (f" and its pretraining entries {', '.join(entries)}" if entries else ""))
+    runs = [run for run in sweep.runs if names_of(run.encoder) & set(names)]
+    used = {entry_of(run.encoder) for run in runs}
     sweep.runs = runs
-    sweep.pretraining = {name: config for name, config in sweep.pretraining.items() if name in entries}
+    sweep.pretraining = {name: config for name, config in sweep.pretraining.items() if name in used}
     return sweep
