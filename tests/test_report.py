@@ -130,6 +130,33 @@ def test_markdown_has_the_question_main_table_and_generated_limitations():
             "apc: every task (no record).") in text
 
 
+def test_the_cost_splits_pretraining_features_and_downstream_and_counts_each_run_once():
+    from bench.results.study_cost import study_costs
+
+    records = study_records()  # 12 runs (8 with a cross-corpus test, whose record shares the run's wall time)
+    runs = [r for r in records if not r.get("eval_of")]
+    for i, r in enumerate(records):
+        r.update(device="cpu", device_name="EPYC", threads=2, wall_seconds=100.0 if not r.get("eval_of") else 99.0)
+    for i, r in enumerate(runs[::2]):  # half the runs measured their feature stage: one extracted, five read
+        r["counters"] = {"feature_seconds": 40.0, "cache_misses": int(i == 0)}
+    builds = [{"seconds": 3600.0, "threads": 1, "device": "cpu", "device_name": "EPYC"}]
+    stages = {c.stage: c for c in study_costs(records, builds)}
+    assert list(stages) == ["pretraining", "feature extraction (frozen encoders, cached)",
+                            "downstream training and tests", "total"]
+    assert (stages["pretraining"].seconds, stages["pretraining"].core_seconds) == (3600.0, 3600.0)
+    features = stages["feature extraction (frozen encoders, cached)"]
+    assert (features.jobs, features.seconds, features.core_seconds) == (6, 240.0, 480.0)
+    assert features.note.startswith("1 run(s) extracted")
+    downstream = stages["downstream training and tests"]
+    assert (downstream.jobs, downstream.seconds, downstream.median_seconds) == (12, 6 * 60.0 + 6 * 100.0, 80.0)
+    assert downstream.note.startswith("6 run(s) recorded before feature time was measured")
+    total = stages["total"]
+    assert (total.jobs, total.seconds, total.core_seconds) == (13, 3600.0 + 1200.0, 3600.0 + 2400.0)
+    assert total.devices == "cpu (EPYC), 1 thread; cpu (EPYC), 2 threads"
+    text = render_markdown(build_report(FakeSweep, records, planned(records)))
+    assert "## Compute, by stage" in text and "| downstream training and tests | 12 | 0.27 h (960 s) | 0.53 | 80 s |" in text
+
+
 def test_write_report_reads_the_sweep_its_records_and_its_sidecar(tmp_path):
     records = study_records()
     config = tmp_path / "study.yaml"

@@ -11,6 +11,7 @@ the same permutation), padded to the same length, with the same float16-stored v
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -66,8 +67,12 @@ class RunFeatures:
         self.manifest, self.cached, self.batch_size = manifest, None, config.batch_size
         self.device = torch.device(device or "cpu")
         if config.mode == "frozen":
+            started = time.perf_counter()
             cached = cache.get_or_build(encoder, manifest, progress=progress, device=self.device,
                                         precision=config.precision)
+            # The feature stage's own time (extraction on a miss, opening the entry on a hit), so a
+            # study's cost splits into pretraining, features and downstream training.
+            counters["feature_seconds"] = round(counters.get("feature_seconds", 0.0) + time.perf_counter() - started, 2)
             counters["encoder_forward_clips"] += cached.stats.forward_clips
             counters["cache_hits" if cached.stats.hit else "cache_misses"] += 1
             if cached.stats.derived_from:  # a miss served by copying another entry's clips

@@ -14,7 +14,8 @@ beside the records names them) and the pretraining records behind their checkpoi
   per task and setting: exact McNemar on the test clips (each clip's majority over seeds, clips of
   every corpus pair pooled) for accuracy; a paired bootstrap over trials for EER. Holm-corrected
   over the whole family;
-- findings: one sentence per test, generated from it, and limitations generated from the records.
+- findings: one sentence per test, generated from it, and limitations generated from the records;
+- the compute the study took, by stage (bench.results.study_cost).
 
 bench.results.report_render writes it as Markdown and as a self-contained HTML page.
 """
@@ -31,6 +32,7 @@ from scipy import stats as scipy_stats
 
 from bench.results import stats
 from bench.results.pretraining import checkpoint_hash, latest_builds
+from bench.results.study_cost import StageCost, study_costs
 from bench.results.tables import METRICS, display_name, metric_value
 
 REPORT_GROUPS = ("audiovisual SSL", "audio SSL", "speaker SSL", "supervised", "hand-crafted", "random", "other")
@@ -121,6 +123,7 @@ class Report:
     missing: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     realism: dict[str, list[str]] = field(default_factory=dict)  # corpus -> its committed data checks
+    costs: list[StageCost] = field(default_factory=list)        # compute by stage (bench.results.study_cost)
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -360,4 +363,4 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
                   tests=run_tests(units, representations),
                   corpora=sorted({u.train_corpus for us in units.values() for u in us}),
                   seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
-                  missing=missing, skipped=skipped, realism=dict(realism or {}))
+                  missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind))

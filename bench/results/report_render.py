@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.results.pretraining import budget_text, trained_text
 from bench.results.stats import BOOTSTRAP_RESAMPLES
+from bench.results.study_cost import hours_text
 from bench.results.report import ALPHA, PRIMARY_METRIC, REPORT_GROUPS, Report, finding
 from bench.results.tables import METRICS
 
@@ -87,6 +88,15 @@ def limitations(report: Report) -> list[str]:
     return out
 
 
+COST_HEADER = ["stage", "jobs", "wall time", "core-hours", "median per job", "device", "note"]
+
+
+def cost_rows(report: Report) -> list[list[str]]:
+    return [[c.stage, str(c.jobs), hours_text(c.seconds), f"{c.core_seconds / 3600:.2f}",
+             "—" if c.median_seconds is None else f"{c.median_seconds:,.0f} s", c.devices, c.note]
+            for c in report.costs]
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -128,6 +138,9 @@ def render_markdown(report: Report) -> str:
             markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})", "test"],
                             test_rows(report)) if report.tests else "No pair of records to test yet.\n"]
     out += ["## Findings\n"] + ([f"- {finding(t)}" for t in report.tests] or ["- No test could be run."]) + [""]
+    out += ["## Compute, by stage\n", "Summed over the jobs of the records behind this report; jobs that ran in "
+            "parallel add up, so this is machine time, not the time a person waited.\n",
+            markdown_table(COST_HEADER, cost_rows(report)) if report.costs else "No record yet.\n"]
     out += ["## Limitations\n"] + [f"- {line}" for line in limitations(report)] + [""]
     return "\n".join(out)
 
@@ -206,7 +219,10 @@ def render_html(report: Report) -> str:
               _html_table(["A", "B", "task", "A vs B", "p", "p_Holm", "significant", "test"], test_rows(report))
               if report.tests else "<p>No pair of records to test yet.</p>", "<h2>Findings</h2><ul>"]
     parts += [f"<li>{html.escape(finding(t))}</li>" for t in report.tests] or ["<li>No test could be run.</li>"]
-    parts += ["</ul><h2>Limitations</h2><ul>"] + [f"<li>{html.escape(x)}</li>" for x in limitations(report)] + ["</ul>"]
+    parts += ["</ul><h2>Compute, by stage</h2>", "<p>Summed over the jobs of the records behind this report; jobs "
+              "that ran in parallel add up, so this is machine time, not the time a person waited.</p>",
+              _html_table(COST_HEADER, cost_rows(report), "cost-table") if report.costs else "<p>No record yet.</p>"]
+    parts += ["<h2>Limitations</h2><ul>"] + [f"<li>{html.escape(x)}</li>" for x in limitations(report)] + ["</ul>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(report.name)}: report</title><style>{STYLE}</style><script>{SELF_CHECK}</script>"
             "</head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
