@@ -123,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"avbench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C (or kill -INT) is how a long sweep is paused, not a crash: say what survives.
+        if args.verbose:
+            raise
+        print("avbench: interrupted. Finished runs and checkpoints are recorded; a run or pretraining in flight "
+              "resumes from its last saved epoch or step when the same command runs again.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

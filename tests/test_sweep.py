@@ -474,3 +474,16 @@ def test_speaker_id_is_not_tested_across_corpora(tmp_path):
     sweep = load_sweep(config)
     assert {(r.task_type, tuple(r.eval_tasks)) for r in sweep.runs} == {("words", ("a", "b")), ("speaker-id", ())}
     assert sweep.not_applicable == ["speaker-id across corpora (a closed set of speakers does not carry over)"]
+
+
+def test_an_interrupted_sweep_says_what_survives_instead_of_a_traceback(monkeypatch, capsys):
+    import bench.sweep.run
+    from bench.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.sweep.run, "run_sweep", interrupted)
+    assert main(["sweep", str(ROOT / "configs" / "question.yaml"), "--encoders", "mfcc39", "--workers", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "avbench: interrupted. Finished runs and checkpoints are recorded" in err and "Traceback" not in err
