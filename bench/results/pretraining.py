@@ -10,12 +10,10 @@ another machine): its latest successful record is the one shown, and the others 
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError
 from bench.records import pretraining_records_path
 
 LINKED_SUFFIXES = (".png", ".csv", ".txt", ".json")
