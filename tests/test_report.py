@@ -123,6 +123,8 @@ def test_markdown_has_the_question_main_table_and_generated_limitations():
     records = study_records()
     text = render_markdown(build_report(FakeSweep, records, planned(records)))
     assert "**Question.** Does it generalise?" in text
+    # Generated corpora are named by their ids; the setup says which task spec each one is.
+    assert "Corpora: embedded-aaaa (embedded:embedded-aaaa), embedded-bbbb (embedded:embedded-bbbb)." in text
     assert "| audiovisual SSL | av-joint | 79.00 [" in text and "(n=4)" in text
     assert "## Findings" in text and "p_Holm" in text
     assert "2 of the 2 corpora (embedded-aaaa, embedded-bbbb) are synthetic" in text

@@ -74,6 +74,17 @@ def corpus_of(task_name: str | None) -> str:
     return re.sub(r"\[.*\]$", "", task_name or "")
 
 
+def corpus_tasks(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Corpus id -> the task spec a sweep names it by (embedded-fa5ce22f5432 -> embedded:default[rendition=0]),
+    so the report says which generated corpus is which."""
+    named = {}
+    for r in records:
+        for name, task in ((r.get("task_name"), r.get("task")), (r.get("task_name_eval"), r.get("eval_task"))):
+            if name and task:
+                named.setdefault(corpus_of(name), task)
+    return named
+
+
 @dataclass
 class Unit:
     """One measurement: a representation on a task, trained on one corpus with one seed, tested on one."""
@@ -124,6 +135,7 @@ class Report:
     skipped: dict[str, int] = field(default_factory=dict)
     realism: dict[str, list[str]] = field(default_factory=dict)  # corpus -> its committed data checks
     costs: list[StageCost] = field(default_factory=list)        # compute by stage (bench.results.study_cost)
+    corpus_tasks: dict[str, str] = field(default_factory=dict)  # corpus id -> the task spec that named it
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -363,4 +375,5 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
                   tests=run_tests(units, representations),
                   corpora=sorted({u.train_corpus for us in units.values() for u in us}),
                   seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
-                  missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind))
+                  missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind),
+                  corpus_tasks=corpus_tasks(chosen))

@@ -104,7 +104,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _setup_lines(report: Report) -> list[str]:
-    lines = [f"Corpora: {', '.join(report.corpora) or 'none yet'}. Seeds: {', '.join(map(str, report.seeds)) or '—'}."]
+    corpora = [f"{c} ({report.corpus_tasks[c]})" if c in report.corpus_tasks else c for c in report.corpora]
+    lines = [f"Corpora: {', '.join(corpora) or 'none yet'}. Seeds: {', '.join(map(str, report.seeds)) or '—'}."]
     for corpus in report.corpora:
         checks = report.realism.get(corpus)
         lines.append(f"{corpus}, data checks: " + ("; ".join(checks) if checks else
