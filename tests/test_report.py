@@ -127,6 +127,7 @@ def test_markdown_has_the_question_main_table_and_generated_limitations():
     assert "Corpora: embedded-aaaa (embedded:embedded-aaaa), embedded-bbbb (embedded:embedded-bbbb)." in text
     assert "| audiovisual SSL | av-joint | 79.00 [" in text and "(n=4)" in text
     assert "## Findings" in text and "p_Holm" in text
+    assert "A vs B: the means over the runs both have" in text
     assert "2 of the 2 corpora (embedded-aaaa, embedded-bbbb) are synthetic" in text
     assert ("2 cell(s) of the configured grid have no record yet: mfcc39: words, cross-corpus; "
             "apc: every task (no record).") in text

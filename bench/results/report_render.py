@@ -88,6 +88,9 @@ def limitations(report: Report) -> list[str]:
     return out
 
 
+# A test compares only the runs both sides have, so its means can differ from the main table's cells.
+PAIRED_NOTE = ("A vs B: the means over the runs both have (same training corpus, test corpus and seed), "
+               "which can differ from the main table's cells while the grid is incomplete.")
 COST_HEADER = ["stage", "jobs", "wall time", "core-hours", "median per job", "device", "note"]
 
 
@@ -135,7 +138,7 @@ def render_markdown(report: Report) -> str:
     out += ["## Generalisation gap (in-domain minus cross-corpus)\n",
             markdown_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
-    out += ["## Audiovisual self-supervision against supervised representations\n",
+    out += ["## Audiovisual self-supervision against supervised representations\n", PAIRED_NOTE + "\n",
             markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})", "test"],
                             test_rows(report)) if report.tests else "No pair of records to test yet.\n"]
     out += ["## Findings\n"] + ([f"- {finding(t)}" for t in report.tests] or ["- No test could be run."]) + [""]
@@ -217,6 +220,7 @@ def render_html(report: Report) -> str:
               _html_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report)) if report.gaps
               else "<p>No representation has both in-domain and cross-corpus records yet.</p>",
               "<h2>Audiovisual self-supervision against supervised representations</h2>",
+              f"<p>{html.escape(PAIRED_NOTE)}</p>",
               _html_table(["A", "B", "task", "A vs B", "p", "p_Holm", "significant", "test"], test_rows(report))
               if report.tests else "<p>No pair of records to test yet.</p>", "<h2>Findings</h2><ul>"]
     parts += [f"<li>{html.escape(finding(t))}</li>" for t in report.tests] or ["<li>No test could be run.</li>"]
