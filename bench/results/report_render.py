@@ -91,6 +91,8 @@ def limitations(report: Report) -> list[str]:
 # A test compares only the runs both sides have, so its means can differ from the main table's cells.
 PAIRED_NOTE = ("A vs B: the means over the runs both have (same training corpus, test corpus and seed), "
                "which can differ from the main table's cells while the grid is incomplete.")
+COST_NOTE = ("Summed over the jobs of the records behind this report; jobs that ran in parallel add up, so this is "
+             "machine time, not the time a person waited.")
 COST_HEADER = ["stage", "jobs", "wall time", "core-hours", "median per job", "device", "note"]
 
 
@@ -142,8 +144,7 @@ def render_markdown(report: Report) -> str:
             markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})", "test"],
                             test_rows(report)) if report.tests else "No pair of records to test yet.\n"]
     out += ["## Findings\n"] + ([f"- {finding(t)}" for t in report.tests] or ["- No test could be run."]) + [""]
-    out += ["## Compute, by stage\n", "Summed over the jobs of the records behind this report; jobs that ran in "
-            "parallel add up, so this is machine time, not the time a person waited.\n",
+    out += ["## Compute, by stage\n", COST_NOTE + "\n",
             markdown_table(COST_HEADER, cost_rows(report)) if report.costs else "No record yet.\n"]
     out += ["## Limitations\n"] + [f"- {line}" for line in limitations(report)] + [""]
     return "\n".join(out)
@@ -224,8 +225,7 @@ def render_html(report: Report) -> str:
               _html_table(["A", "B", "task", "A vs B", "p", "p_Holm", "significant", "test"], test_rows(report))
               if report.tests else "<p>No pair of records to test yet.</p>", "<h2>Findings</h2><ul>"]
     parts += [f"<li>{html.escape(finding(t))}</li>" for t in report.tests] or ["<li>No test could be run.</li>"]
-    parts += ["</ul><h2>Compute, by stage</h2>", "<p>Summed over the jobs of the records behind this report; jobs "
-              "that ran in parallel add up, so this is machine time, not the time a person waited.</p>",
+    parts += ["</ul><h2>Compute, by stage</h2>", f"<p>{html.escape(COST_NOTE)}</p>",
               _html_table(COST_HEADER, cost_rows(report), "cost-table") if report.costs else "<p>No record yet.</p>"]
     parts += ["<h2>Limitations</h2><ul>"] + [f"<li>{html.escape(x)}</li>" for x in limitations(report)] + ["</ul>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
