@@ -10,6 +10,7 @@ import pytest
 
 from bench.errors import ConfigError
 from bench.records import pretraining_records_path
+from bench.results.pretraining import trained_text
 from bench.results.write import write_tables
 from test_tables import make_record
 
@@ -133,3 +134,11 @@ def test_two_builds_of_one_identity_that_differ_in_their_bits_are_two_checkpoint
     assert any(f"`{other}` | 1 record(s)" in row and "845 s" in row for row in rows)
     note = (tmp_path / "results.md").read_text()
     assert "apc@f05044e0: 400 steps x batch 8" in note and "1,234 s" in note and "no pretraining record" not in note
+
+
+def test_word_labels_read_as_words_wherever_a_pretraining_is_named():
+    """The manifests' `label` column is the spoken word; the report's setup and limitations both say so."""
+    supervised = {"encoder": "resnet18", "objective": "supervised"}
+    assert trained_text({**supervised, "labels": "label"}) == "resnet18 + supervised (labels: words)"
+    assert trained_text({**supervised, "labels": "speaker"}) == "resnet18 + supervised (labels: speaker)"
+    assert trained_text({"encoder": "apc", "objective": "apc"}) == "apc"

@@ -59,6 +59,8 @@ def trained_text(record: dict[str, Any]) -> str:
     if not objective or objective == encoder:
         return str(encoder)
     labels = record.get("labels")
+    # The manifests' `label` column holds the spoken word, so readers see "words", not "label".
+    labels = {"label": "words"}.get(labels, labels)
     return f"{encoder} + {objective}" + (f" (labels: {labels})" if labels else "")
 
 

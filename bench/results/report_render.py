@@ -117,7 +117,7 @@ def _setup_lines(report: Report) -> list[str]:
                                                    f"none committed (results/corpus/check-{corpus}.txt)"))
     for build in report.pretraining:
         labels = {"label": "word labels", None: "no labels"}.get(build.get("labels"), f"{build.get('labels')} labels")
-        line = (f"{trained_text(build).replace('(labels: label)', '(labels: words)')} saw "
+        line = (f"{trained_text(build)} saw "
                 f"{build.get('data_name', '?')}'s training split ({labels}), {budget_text(build)}.")
         if line not in lines:  # two builds of one recipe (a rebuilt checkpoint) read the same
             lines.append(line)
