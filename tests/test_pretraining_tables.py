@@ -57,7 +57,7 @@ def test_the_readme_row_takes_budget_wall_hash_and_evaluated_by_from_the_pretrai
                 make_record("mfcc39"), make_record("av-joint@0badc0de", checkpoint_hash="0badc0de00000000")]
     kept = tmp_path / "pretraining" / "apc-b8"
     kept.mkdir(parents=True)
-    (kept / "loss.csv").write_text("step,loss\n5,1.0\n")
+    (kept / "loss.csv").write_text("step,loss\n" + "".join(f"{5 * i},{1.0 - 0.01 * i}\n" for i in range(1, 21)))
     (kept / "pretrain.json").write_text("{}")  # no longer read: the record is the source
     (tmp_path / "pretraining" / "old-run").mkdir()
     pretraining = [pretraining_record(files="pretraining/apc-b8"),
@@ -66,7 +66,7 @@ def test_the_readme_row_takes_budget_wall_hash_and_evaluated_by_from_the_pretrai
     readme = (tmp_path / "README.md").read_text()
     [row] = pretraining_rows(readme)
     assert f"`{APC_IDENTITY}` | apc | embedded-f6b63032867a (manifest 39340193f535afe8)" in row
-    assert "| 400 steps x batch 8, 1 s crops (0.37 epochs) | 1,234 s on NVIDIA H200, bf16 | 0.5209 |" in row
+    assert "| 400 steps x batch 8, 1 s crops (0.37 epochs) | 1,234 s on NVIDIA H200, bf16 | 0.5209 (-18.3%) |" in row
     assert f"| `{APC_HASH}` | 3 record(s) |" in row
     assert "[loss.csv](pretraining/apc-b8/loss.csv)" in row and "[pretrain.json](pretraining/apc-b8/pretrain.json)" in row
     assert "1 failed pretraining attempt(s): `deadbeefdeadbeef`: CUDA out of memory." in readme

@@ -234,3 +234,34 @@ def test_one_seed_over_two_corpora_gets_a_bootstrap_interval_inside_the_metric_r
     gap = report.gaps[("av-joint", "words")]
     assert gap.ci_kind == "bootstrap over test items" and gap.ci[0] < gap.mean < gap.ci[1]
     assert "‡" in render_markdown(report)
+
+
+def test_limitations_say_how_far_each_pretraining_loss_moved_and_flag_a_flat_one(tmp_path):
+    from bench.errors import ConfigError
+    from bench.results.pretraining import loss_movements
+
+    records = study_records()
+    build = {"kind": "pretraining", "status": "ok", "identity": "1d1d1d1d1d1d1d1d", "encoder": "av-joint",
+             "checkpoint_hash": "aaaa" * 4, "files": "pretraining/av-joint", "step": 400, "total_steps": 400,
+             "clips": 3200, "settings": {"batch_size": 8, "crop_seconds": 1.0}, "data_name": "embedded-aaaa"}
+    curve = tmp_path / "pretraining" / "av-joint" / "loss.csv"
+    curve.parent.mkdir(parents=True)
+    # 20 logged rows: the first tenth (2 rows) averages 2.0 and the last 1.5, a 25% fall.
+    curve.write_text("step,epoch,loss,loss_video,accuracy\n" + "".join(
+        f"{5 * (i + 1)},0.1,{2.0 if i < 2 else 1.5 if i >= 18 else 1.7},9,{0.1 if i < 2 else 0.3}\n"
+        for i in range(20)))
+    text = render_markdown(build_report(FakeSweep, records, planned(records), [build], {},
+                                        loss_movements([build], tmp_path)))
+    assert ("- av-joint was pretrained for 400 steps x batch 8, 1 s crops (1.00 epochs) on embedded-aaaa; its loss "
+            "went from 2 (mean of steps 5-10) to 1.5 (steps 95-100), -25.0%; accuracy 0.1 -> 0.3.\n") in text
+    curve.write_text("step,epoch,loss\n" + "".join(f"{5 * (i + 1)},0.1,{10.9 + 0.01 * (i % 2)}\n" for i in range(20)))
+    text = render_markdown(build_report(FakeSweep, records, planned(records), [build], {},
+                                        loss_movements([build], tmp_path)))
+    assert "The loss moved less than 5% of its start over the whole budget" in text
+    curve.unlink()
+    text = render_markdown(build_report(FakeSweep, records, planned(records), [build], {},
+                                        loss_movements([build], tmp_path)))
+    assert "on embedded-aaaa; no loss curve kept." in text
+    curve.write_text("step,epoch,loss\n5,0.1,2.0\n10,0.1,nan?\n")
+    with pytest.raises(ConfigError, match=r"pretraining/av-joint/loss.csv: the pretraining curve needs numeric"):
+        loss_movements([build], tmp_path)

@@ -9,11 +9,15 @@ another machine): its latest successful record is the one shown, and the others 
 
 from __future__ import annotations
 
+import csv
 import io
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.errors import ConfigError
 from bench.records import pretraining_records_path
 
 LINKED_SUFFIXES = (".png", ".csv", ".txt", ".json")
@@ -31,7 +35,7 @@ def latest_builds(pretraining: list[dict[str, Any]]) -> list[tuple[dict[str, Any
     latest: dict[tuple[str, str], dict] = {}
     counts: dict[tuple[str, str], int] = {}
     for record in pretraining:
-        key = (record["identity"], checkpoint_hash(record) or "")
+        key = build_key(record)
         counts[key] = counts.get(key, 0) + 1
         if record["status"] == "ok":
             latest[key] = record
@@ -62,6 +66,85 @@ def trained_text(record: dict[str, Any]) -> str:
     # The manifests' `label` column holds the spoken word, so readers see "words", not "label".
     labels = {"label": "words"}.get(labels, labels)
     return f"{encoder} + {objective}" + (f" (labels: {labels})" if labels else "")
+
+
+# A loss that ends within 5% of where it started has left its encoder close to initialisation, as far
+# as its own objective can tell; the report says so beside the budget instead of leaving readers to guess.
+BARELY_MOVED = 0.05
+
+
+@dataclass(frozen=True)
+class LossMovement:
+    """How far a build's logged curve (its loss.csv) moved: the mean of each quantity over the first
+    and over the last tenth of the logged rows, so one noisy step decides nothing."""
+    first: float
+    last: float
+    first_steps: tuple[int, int]
+    last_steps: tuple[int, int]
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # logged metrics, first -> last
+
+    @property
+    def change(self) -> float:
+        return (self.last - self.first) / abs(self.first) if self.first else math.inf
+
+    @property
+    def barely_moved(self) -> bool:
+        return abs(self.change) < BARELY_MOVED
+
+
+def loss_movement(build: dict[str, Any], records_dir: Path) -> LossMovement | None:
+    """The movement of the loss curve kept in the build's folder (`files`), or None when no curve of two
+    or more rows is kept. A curve without a numeric `loss` column is an error naming the file."""
+    path = records_dir / build["files"] / "loss.csv" if build.get("files") else None
+    if path is None or not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) < 2:
+        return None
+    # Loss parts (loss_<worker>) are plotted beside the loss; only the other logged quantities are metrics.
+    names = [k for k in rows[0] if k not in ("step", "epoch", "loss") and not k.startswith("loss_")]
+    try:
+        values = {k: [float(r[k]) for r in rows] for k in ["step", "loss", *names]}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: the pretraining curve needs numeric `step` and `loss` columns in every row "
+                          f"({error!r}); rebuild it with `avbench pretrain`, or remove `files` from the pretraining "
+                          f"record of {build['identity']}.") from None
+    n = max(1, len(rows) // 10)
+
+    def ends(column: list[float]) -> tuple[float, float]:
+        return sum(column[:n]) / n, sum(column[-n:]) / n
+
+    steps = [int(s) for s in values["step"]]
+    return LossMovement(*ends(values["loss"]), (steps[0], steps[n - 1]), (steps[-n], steps[-1]),
+                        {k: ends(values[k]) for k in names})
+
+
+def movement_text(movement: LossMovement) -> str:
+    """`its loss went from 3.62 (mean of steps 5-40) to 3.34 (steps 365-400), -7.7%; accuracy 0.056 -> 0.081`."""
+    text = (f"its loss went from {movement.first:.4g} (mean of steps {movement.first_steps[0]}-"
+            f"{movement.first_steps[1]}) to {movement.last:.4g} (steps {movement.last_steps[0]}-"
+            f"{movement.last_steps[1]}), {100 * movement.change:+.1f}%")
+    text += "".join(f"; {name} {a:.3g} -> {b:.3g}" for name, (a, b) in movement.metrics.items())
+    if movement.barely_moved:
+        text += (f". The loss moved less than {BARELY_MOVED:.0%} of its start over the whole budget, so this "
+                 "checkpoint may be close to its initialisation")
+    return text
+
+
+def loss_movements(pretraining: list[dict[str, Any]], records_dir: Path) -> dict[tuple[str, str], LossMovement]:
+    """(identity, checkpoint hash) -> its loss movement, for each latest build that kept a curve."""
+    found = {}
+    for build, _ in latest_builds(pretraining):
+        movement = loss_movement(build, records_dir)
+        if movement is not None:
+            found[build_key(build)] = movement
+    return found
+
+
+def build_key(build: dict[str, Any]) -> tuple[str, str]:
+    """A checkpoint's key: its identity and hash (one identity may have several builds; latest_builds)."""
+    return build["identity"], checkpoint_hash(build) or ""
 
 
 def wall_text(record: dict[str, Any]) -> str:
@@ -108,14 +191,19 @@ def render_pretraining(pretraining: list[dict[str, Any]], records: list[dict[str
               "checkpoint (pretraining identity), from its latest successful record; its loss curve and frame "
               "grids are kept beside the records, the checkpoints stay out of git. Wall: the build's training "
               "time, all its calls. Evaluated by: the tabled run records whose `checkpoint_hash` is the "
-              "checkpoint's (or whose `pretraining_identity` is its identity).\n\n| name | identity | encoder + objective | "
+              "checkpoint's (or whose `pretraining_identity` is its identity). Final loss: in brackets, how far "
+              "the mean loss of the curve's last tenth moved from its first tenth; ⚠ where it moved less than "
+              f"{BARELY_MOVED:.0%}.\n\n| name | identity | encoder + objective | "
               "data | budget | wall | final loss | checkpoint | evaluated by | files |\n"
               "|---|---|---|---|---|---|---|---|---|---|\n")
     for build, count in builds:
-        final = build.get("final_loss")
+        final_loss, movement = build.get("final_loss"), loss_movement(build, records_dir)
+        final = "—" if final_loss is None else f"{final_loss:.4g}"
+        if final_loss is not None and movement is not None:
+            final += f" ({100 * movement.change:+.1f}%)" + (" ⚠" if movement.barely_moved else "")
         out.write(f"| {build.get('name') or '—'} | `{build['identity']}`{f' ({count} records)' if count > 1 else ''} "
                   f"| {trained_text(build)} | {build.get('data_name')} (manifest {build.get('manifest_id', '?')}) "
-                  f"| {budget_text(build)} | {wall_text(build)} | {'—' if final is None else f'{final:.4g}'} "
+                  f"| {budget_text(build)} | {wall_text(build)} | {final} "
                   f"| `{checkpoint_hash(build) or '?'}` | {evaluated_by(build, records)} record(s) "
                   f"| {_files(build, records_dir, out_dir)} |\n")
     imported = [b.get("name") or b["identity"] for b, _ in builds if b.get("imported_from")]

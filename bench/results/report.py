@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from bench.results import stats
-from bench.results.pretraining import checkpoint_hash, latest_builds
+from bench.results.pretraining import LossMovement, build_key, checkpoint_hash, latest_builds
 from bench.results.study_cost import StageCost, study_costs
 from bench.results.tables import METRICS, display_name, metric_value
 
@@ -136,6 +136,7 @@ class Report:
     realism: dict[str, list[str]] = field(default_factory=dict)  # corpus -> its committed data checks
     costs: list[StageCost] = field(default_factory=list)        # compute by stage (bench.results.study_cost)
     corpus_tasks: dict[str, str] = field(default_factory=dict)  # corpus id -> the task spec that named it
+    loss_movements: dict[tuple[str, str], LossMovement] = field(default_factory=dict)  # build_key -> its curve
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -350,8 +351,10 @@ def configured_representations(sweep) -> list[str]:
 
 
 def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
-                 pretraining: list[dict[str, Any]] = (), realism: dict[str, list[str]] | None = None) -> Report:
-    """The report of `sweep` (a bench.sweep.config.Sweep) from the records whose runs it planned."""
+                 pretraining: list[dict[str, Any]] = (), realism: dict[str, list[str]] | None = None,
+                 loss_movements: dict[tuple[str, str], LossMovement] | None = None) -> Report:
+    """The report of `sweep` (a bench.sweep.config.Sweep) from the records whose runs it planned;
+    `loss_movements` (bench.results.pretraining.loss_movements) are the curves of the builds behind them."""
     chosen, skipped = select(records, planned_hashes)
     units = gather(chosen)
     groups = {}
@@ -376,4 +379,6 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
                   corpora=sorted({u.train_corpus for us in units.values() for u in us}),
                   seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
                   missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind),
-                  corpus_tasks=corpus_tasks(chosen))
+                  corpus_tasks=corpus_tasks(chosen),
+                  loss_movements={build_key(b): (loss_movements or {})[build_key(b)] for b in behind
+                                  if build_key(b) in (loss_movements or {})})

@@ -12,7 +12,7 @@ import html
 import io
 from typing import Any
 
-from bench.results.pretraining import budget_text, trained_text
+from bench.results.pretraining import budget_text, build_key, movement_text, trained_text
 from bench.results.stats import BOOTSTRAP_RESAMPLES
 from bench.results.study_cost import hours_text
 from bench.results.report import ALPHA, PRIMARY_METRIC, REPORT_GROUPS, Report, finding
@@ -66,7 +66,10 @@ def limitations(report: Report) -> list[str]:
     """Generated from the records: budgets, corpora, seeds, gaps in the grid."""
     out = []
     for build in report.pretraining:
-        out.append(f"{trained_text(build)} was pretrained for {budget_text(build)} on {build.get('data_name', '?')}.")
+        movement = report.loss_movements.get(build_key(build))
+        curve = "no loss curve kept" if movement is None else movement_text(movement)
+        out.append(f"{trained_text(build)} was pretrained for {budget_text(build)} on {build.get('data_name', '?')}; "
+                   f"{curve}.")
     if report.corpora:
         synthetic = [c for c in report.corpora if c.startswith("embedded")]
         if synthetic:

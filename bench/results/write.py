@@ -74,10 +74,12 @@ def realism_notes(records_path: Path) -> dict[str, list[str]]:
 
 def report_files(sweep, records: list, planned: set[str], pretraining: list, records_path: Path):
     """(the Report of `sweep` from its planned runs' records, {"report.md": ..., "report.html": ...})."""
+    from bench.results.pretraining import loss_movements
     from bench.results.report import build_report
     from bench.results.report_render import render_html, render_markdown as report_markdown
 
-    report = build_report(sweep, records, planned, pretraining, realism_notes(records_path))
+    report = build_report(sweep, records, planned, pretraining, realism_notes(records_path),
+                          loss_movements(pretraining, records_path.parent))
     return report, {"report.md": report_markdown(report).encode(), "report.html": render_html(report).encode()}
 
 
