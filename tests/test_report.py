@@ -257,7 +257,7 @@ def test_limitations_say_how_far_each_pretraining_loss_moved_and_flag_a_flat_one
     curve.write_text("step,epoch,loss\n" + "".join(f"{5 * (i + 1)},0.1,{10.9 + 0.01 * (i % 2)}\n" for i in range(20)))
     text = render_markdown(build_report(FakeSweep, records, planned(records), [build], {},
                                         loss_movements([build], tmp_path)))
-    assert "The loss moved less than 5% of its start over the whole budget" in text
+    assert "The loss moved less than 5% of its start over the whole budget: read this checkpoint as barely trained" in text
     curve.unlink()
     text = render_markdown(build_report(FakeSweep, records, planned(records), [build], {},
                                         loss_movements([build], tmp_path)))

@@ -127,8 +127,10 @@ def movement_text(movement: LossMovement) -> str:
             f"{movement.last_steps[1]}), {100 * movement.change:+.1f}%")
     text += "".join(f"; {name} {a:.3g} -> {b:.3g}" for name, (a, b) in movement.metrics.items())
     if movement.barely_moved:
-        text += (f". The loss moved less than {BARELY_MOVED:.0%} of its start over the whole budget, so this "
-                 "checkpoint may be close to its initialisation")
+        # Not "untrained": a loss against a moving target (MoCo's filling queue) can stay flat while the
+        # task improves, which the metrics logged beside it show.
+        text += (f". The loss moved less than {BARELY_MOVED:.0%} of its start over the whole budget: read this "
+                 "checkpoint as barely trained unless a metric logged beside it moved")
     return text
 
 
