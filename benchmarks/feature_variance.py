@@ -8,7 +8,11 @@ For each cache entry it pools every clip's frames to their mean and prints:
   reads chance whatever the frames hold: this diagnostic says nothing about such a one;
 - eta^2 per manifest column (speaker, label, emotion, channel): the share of the pooled features'
   total variance that lies between that column's groups. Chance level is about
-  (groups - 1) / (clips - 1), printed beside it: a factor the features ignore sits near chance.
+  (groups - 1) / (clips - 1), printed beside it: a factor the features ignore sits near chance;
+- cosine EER: speaker verification with no training at all, every pair of test-split clip means
+  scored by cosine similarity, on the raw means and on means standardised per dimension with the
+  training split's mean and deviation. A representation whose z-scored EER is far below its raw one
+  holds speaker information that a few dominant dimensions hide from an unnormalised downstream.
 
     python benchmarks/feature_variance.py [--encoder av-joint] [--columns speaker,label,emotion]
 
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.cache_entry import CachedFeatures
+from bench.evaluate.metrics import equal_error_rate
 from bench.paths import data_dir
 
 
@@ -53,6 +58,29 @@ def eta_squared(x: np.ndarray, groups: pd.Series) -> float:
     return between / total if total > 0 else float("nan")
 
 
+def cosine_eer(x: np.ndarray, speakers: np.ndarray, limit: int = 1500) -> float:
+    """EER (%) of cosine scoring over every pair of rows (at most `limit` rows, the first ones)."""
+    x, speakers = x[:limit], speakers[:limit]
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    upper = np.triu_indices(len(x), k=1)
+    scores = (unit @ unit.T)[upper]
+    return 100.0 * equal_error_rate(scores, (speakers[:, None] == speakers[None, :])[upper].astype(int))
+
+
+def verification_cells(x: np.ndarray, rows: pd.DataFrame) -> list[str]:
+    """[raw cosine EER, z-scored cosine EER] on the test split, z-scoring with the training split."""
+    if not {"split", "speaker"} <= set(rows) or not (rows["split"] == "train").any():
+        return ["-", "-"]
+    split = rows["split"].to_numpy()
+    test = x[split == "test"]
+    speakers = rows["speaker"].astype(str).to_numpy()[split == "test"]
+    if len(set(speakers)) < 2:
+        return ["-", "-"]
+    train = x[split == "train"]
+    z = (test - train.mean(axis=0)) / np.maximum(train.std(axis=0), 1e-12)
+    return [f"{cosine_eer(test, speakers):.1f}", f"{cosine_eer(z, speakers):.1f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", default=None, help="keep the entries of this encoder name")
@@ -62,7 +90,7 @@ def main() -> None:
     root = args.cache or data_dir() / "cache" / "features"
     columns = [c for c in args.columns.split(",") if c]
     print("encoder | weights | corpus | clips | participation ratio | pooled / frame variance | " + " | ".join(
-        f"eta2 {c} (chance)" for c in columns))
+        f"eta2 {c} (chance)" for c in columns) + " | cosine EER % (raw) | cosine EER % (z-scored)")
     for folder in sorted(p for p in root.iterdir() if (p / "meta.json").is_file()):
         meta = json.loads((folder / "meta.json").read_text())
         if args.encoder and meta.get("encoder") != args.encoder:
@@ -82,7 +110,7 @@ def main() -> None:
         corpus = Path(meta["manifest_path"]).parent.name.rsplit("-", 1)[0]
         print(f"{meta['encoder']} | {(meta.get('weights_sha256') or 'none')[:8]} | {corpus} | {len(x)} | "
               f"{participation_ratio(x):.1f} | {float(x.var(axis=0).sum()) / max(frame_variance, 1e-30):.3f} | "
-              + " | ".join(cells))
+              + " | ".join(cells + verification_cells(x, rows.reset_index())))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,23 @@ def test_participation_ratio_counts_the_dimensions_in_use():
     assert fv.participation_ratio(one) < 1.01
 
 
+def test_cosine_eer_is_zero_for_separated_speakers_and_chance_for_noise_and_z_scoring_uses_the_train_split():
+    fv = _module()
+    rng = np.random.default_rng(2)
+    speakers = np.repeat(np.arange(20), 10)
+    centres = rng.normal(size=(20, 32))
+    assert fv.cosine_eer(centres[speakers] + 0.01 * rng.normal(size=(200, 32)), speakers) == 0.0
+    assert abs(fv.cosine_eer(rng.normal(size=(200, 32)), speakers) - 50.0) < 5.0
+    # One dimension of huge speaker-independent variance hides the speakers from raw cosine scoring;
+    # the training split's statistics shrink it to one dimension among 33, so the z-scored EER drops.
+    x = np.concatenate([centres[speakers] + 0.01 * rng.normal(size=(200, 32)),
+                        1e4 * rng.normal(size=(200, 1))], axis=1)
+    rows = pd.DataFrame({"speaker": speakers, "split": np.where(np.arange(200) % 2, "train", "test")})
+    raw, scored = fv.verification_cells(x, rows)
+    assert float(raw) > 30.0 and float(scored) < 10.0
+    assert fv.verification_cells(x, rows.drop(columns="split")) == ["-", "-"]
+
+
 def test_the_script_reads_a_cache_entry_a_frozen_run_built(tiny_corpus, tmp_path):
     from bench.data.feature_cache import FeatureCache
     from bench.registry import create_encoder
@@ -52,4 +69,5 @@ def test_the_script_reads_a_cache_entry_a_frozen_run_built(tiny_corpus, tmp_path
     header, row = out.strip().splitlines()
     assert header.startswith("encoder | weights | corpus | clips | participation ratio")
     cells = row.split(" | ")
-    assert cells[0] == "logmel" and int(cells[3]) == len(tiny_corpus.manifest.table) and cells[-1] == "-"
+    assert header.endswith("cosine EER % (raw) | cosine EER % (z-scored)")
+    assert cells[0] == "logmel" and int(cells[3]) == len(tiny_corpus.manifest.table) and cells[-3] == "-"
