@@ -187,3 +187,25 @@ def test_an_entry_whose_data_is_missing_stops_only_its_own_runs(tiny_corpus, own
     [failed] = summary["failed"]
     assert "not run, its pretraining apc-tiny cannot start" in failed and "not-prepared-here" in failed
     assert [r["encoder"] for r in read_records(load_sweep(config).records)] == ["mfcc39"]
+
+
+def test_a_sweep_killed_in_the_runs_after_its_pretraining_still_names_them_in_its_sidecar(tiny_corpus, own_data,
+                                                                                           tmp_path):
+    """The runs of a checkpoint built in the same sweep are planned again once it exists; the sidecar
+    must name them before they run, or a kill there leaves their records outside the sweep's report."""
+    from bench.records import sidecar_path
+    from bench.sweep.executors import InlineExecutor
+
+    class KilledAtTheRuns(InlineExecutor):
+        def execute(self, jobs, records, **kw):
+            if not any(job.get("kind") == "pretraining" for job in jobs):
+                raise KeyboardInterrupt  # the kill, as the runs keyed on the new checkpoint start
+            yield from super().execute(jobs, records, **kw)
+
+    config = _write_sweep(tmp_path, str(tiny_corpus.manifest.path))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(load_sweep(config), progress=False, executor=KilledAtTheRuns(progress=False))
+    named = set(json.loads(sidecar_path(load_sweep(config).records).read_text())["stage"]["config_hashes"])
+    run_sweep(load_sweep(config), progress=False)
+    [run] = read_records(load_sweep(config).records)
+    assert run["config_hash"] in named

@@ -160,8 +160,10 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
                 summary["skipped"] += 1
             else:
                 jobs.append(_job(i, run, len(plan)))
+        # Before these jobs, as before the first ones: a sweep killed while running them still names
+        # the runs keyed on the checkpoints it just built, so their records count in its report.
+        write_sidecar(sweep, replan, stages)
         _execute(executor, jobs, sweep, force, plugins, summary)
-        write_sidecar(sweep, replan, stages)  # the runs keyed on the checkpoints just built
     return summary
 
 
