@@ -68,8 +68,8 @@ def trained_text(record: dict[str, Any]) -> str:
     return f"{encoder} + {objective}" + (f" (labels: {labels})" if labels else "")
 
 
-# A loss that ends within 5% of where it started has left its encoder close to initialisation, as far
-# as its own objective can tell; the report says so beside the budget instead of leaving readers to guess.
+# A loss that ends within 5% of where it started says its objective barely moved the encoder (unless a
+# metric logged beside it moved, see movement_text); the report flags it beside the budget.
 BARELY_MOVED = 0.05
 
 

@@ -372,6 +372,7 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
     missing += [f"{rep}: every task (no record)" for rep in not_run]
     used = {r.get("checkpoint_hash") for r in chosen if r.get("checkpoint_hash")}
     behind = [p for p, _ in latest_builds(list(pretraining)) if checkpoint_hash(p) in used]
+    behind_keys = {build_key(b) for b in behind}
     return Report(name=sweep.name, question=getattr(sweep, "question", "") or sweep.description,
                   description=sweep.description, deviations=list(sweep.deviations),
                   representations=representations, units=units, cells=cells, gaps=gaps(units),
@@ -380,5 +381,5 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
                   seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
                   missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind),
                   corpus_tasks=corpus_tasks(chosen),
-                  loss_movements={build_key(b): (loss_movements or {})[build_key(b)] for b in behind
-                                  if build_key(b) in (loss_movements or {})})
+                  loss_movements={key: movement for key, movement in (loss_movements or {}).items()
+                                  if key in behind_keys})
