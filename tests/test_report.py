@@ -97,6 +97,55 @@ def test_paired_tests_are_holm_corrected_and_findings_cite_their_numbers():
                                "in-domain (test accuracy 79.00% vs 61.00%, p_Holm = ")
 
 
+def test_each_comparison_the_config_names_is_its_own_holm_family(tmp_path):
+    from bench.errors import ConfigError
+
+    records = study_records()
+
+    class TwoComparisons(FakeSweep):
+        comparisons = [("audiovisual SSL", "supervised"), ("av-joint", "mfcc39")]
+
+    report = build_report(TwoComparisons, records, planned(records))
+    first = [t for t in report.tests if t.family == ("audiovisual SSL", "supervised")]
+    (second,) = [t for t in report.tests if t.family == ("av-joint", "mfcc39")]  # mfcc39 ran in-domain only
+    assert len(first) == 2 and (second.a, second.b, second.setting) == ("av-joint", "mfcc39", "in-domain")
+    # Holm within each family: a family of one test keeps its p; the first family's two share theirs.
+    assert second.p_holm == second.p
+    assert sorted(t.p_holm for t in first) == pytest.approx(sorted(stats_holm([t.p for t in first])))
+    assert "significantly better than mfcc39 on words, in-domain (test accuracy 79.00% vs 70.00%" in finding(second)
+    text = render_markdown(report)
+    assert text.index("### audiovisual SSL against supervised") < text.index("### av-joint against mfcc39")
+    assert text.count("### av-joint against mfcc39") == 2  # its test table, then its findings
+
+    class Typo(FakeSweep):
+        comparisons = [("audiovisual SSL", "supervisd")]
+        source = tmp_path / "study.yaml"
+
+    with pytest.raises(ConfigError, match=r"study.yaml: comparisons name 'supervisd', which is neither a report group"):
+        build_report(Typo, records, planned(records))
+
+
+def stats_holm(pvalues):
+    from bench.results.stats import holm_bonferroni
+
+    return holm_bonferroni(pvalues)
+
+
+def test_comparisons_are_read_from_the_config_and_checked(tmp_path):
+    from bench.errors import ConfigError
+
+    base = "name: study\ntasks: ['embedded:small']\nencoders: [mfcc39]\n"
+    config = tmp_path / "study.yaml"
+    config.write_text(base)
+    assert load_sweep(config).comparisons == []  # the report's default: audiovisual SSL vs supervised
+    config.write_text(base + "comparisons: ['audiovisual SSL vs supervised', ' av-joint vs av-audio ']\n")
+    assert load_sweep(config).comparisons == [("audiovisual SSL", "supervised"), ("av-joint", "av-audio")]
+    for bad in ("['av-joint versus av-audio']", "['av-joint vs av-joint']", "[]", "'av-joint vs av-audio'"):
+        config.write_text(base + f"comparisons: {bad}\n")
+        with pytest.raises(ConfigError, match="study.yaml: .*comparisons"):
+            load_sweep(config)
+
+
 def test_a_difference_within_noise_is_reported_as_not_significant():
     records = study_records(n_right_av=(61, 60), n_right_sup=(60, 61))
     report = build_report(FakeSweep, records, planned(records))

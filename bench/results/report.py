@@ -10,10 +10,11 @@ beside the records names them) and the pretraining records behind their checkpoi
   (bench.results.stats), and the cell says which;
 - the generalisation gap per representation and task: in-domain minus cross-corpus, paired by
   training corpus and seed, with a t interval;
-- paired tests of every audiovisual self-supervised representation against every supervised one,
-  per task and setting: exact McNemar on the test clips (each clip's majority over seeds, clips of
-  every corpus pair pooled) for accuracy; a paired bootstrap over trials for EER. Holm-corrected
-  over the whole family;
+- paired tests, per task and setting, for each comparison the config names ("A vs B", each side a
+  report group or a representation; by default every audiovisual self-supervised representation
+  against every supervised one): exact McNemar on the test clips (each clip's majority over seeds,
+  clips of every corpus pair pooled) for accuracy; a paired bootstrap over trials for EER.
+  Holm-corrected within each comparison, which is one family of tests;
 - findings: one sentence per test, generated from it, and limitations generated from the records;
 - the compute the study took, by stage (bench.results.study_cost).
 
@@ -33,6 +34,7 @@ from scipy import stats as scipy_stats
 from bench.results import stats
 from bench.results.pretraining import LossMovement, build_key, checkpoint_hash, latest_builds
 from bench.results.study_cost import StageCost, study_costs
+from bench.errors import ConfigError
 from bench.results.tables import METRICS, display_name, metric_value
 
 REPORT_GROUPS = ("audiovisual SSL", "audio SSL", "speaker SSL", "supervised", "hand-crafted", "random", "other")
@@ -43,6 +45,8 @@ TASKS = ("words", "speaker-id", "speaker-verification", "emotion")
 SETTINGS = ("in-domain", "cross-corpus")
 PRIMARY_METRIC = {"words": "accuracy", "speaker-id": "accuracy", "speaker-verification": "eer", "emotion": "accuracy"}
 ALPHA = 0.05
+# The question avbench exists to answer: tested when a sweep config names no `comparisons`.
+DEFAULT_COMPARISONS = (("audiovisual SSL", "supervised"),)
 
 
 def report_group(record: dict[str, Any]) -> str:
@@ -115,6 +119,7 @@ class Test:
     p: float
     detail: str
     p_holm: float = math.nan
+    family: tuple[str, str] = DEFAULT_COMPARISONS[0]  # the comparison it belongs to; Holm is within it
 
 
 @dataclass
@@ -137,6 +142,7 @@ class Report:
     costs: list[StageCost] = field(default_factory=list)        # compute by stage (bench.results.study_cost)
     corpus_tasks: dict[str, str] = field(default_factory=dict)  # corpus id -> the task spec that named it
     loss_movements: dict[tuple[str, str], LossMovement] = field(default_factory=dict)  # build_key -> its curve
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # the paired-test families, in config order
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -300,23 +306,45 @@ def paired_test(a: list[Unit], b: list[Unit], metric: str) -> tuple[float, str, 
             f"exact McNemar on {clips} test clips: A alone right on {b_total}, B alone right on {c_total}", *means)
 
 
-def run_tests(units: dict[tuple[str, str, str], list[Unit]], representations: dict[str, str]) -> list[Test]:
-    audiovisual = [r for r, g in representations.items() if g == "audiovisual SSL"]
-    supervised = [r for r, g in representations.items() if g == "supervised"]
+def comparison_members(side: str, representations: dict[str, str]) -> list[str]:
+    """The representations one side of a comparison names: a report group's, or the one named."""
+    if side in REPORT_GROUPS:
+        return [rep for rep, group in representations.items() if group == side]
+    return [side] if side in representations else []
+
+
+def check_comparisons(sweep, comparisons: list[tuple[str, str]]) -> None:
+    """Every side names a report group or one of the sweep's representations (a typo would otherwise
+    leave a family silently empty)."""
+    known = set(REPORT_GROUPS) | set(configured_representations(sweep))
+    unknown = [side for pair in comparisons for side in pair if side not in known]
+    if unknown:
+        raise ConfigError(f"{getattr(sweep, 'source', sweep.name)}: comparisons name {', '.join(map(repr, unknown))}, "
+                          f"which is neither a report group ({', '.join(REPORT_GROUPS)}) nor a representation of "
+                          f"this sweep ({', '.join(configured_representations(sweep))}).")
+
+
+def run_tests(units: dict[tuple[str, str, str], list[Unit]], representations: dict[str, str],
+              comparisons: list[tuple[str, str]] = DEFAULT_COMPARISONS) -> list[Test]:
+    """Every comparison's tests, A's members against B's, per task and setting; Holm within each comparison."""
     tests = []
-    for task in TASKS:
-        metric = PRIMARY_METRIC[task]
-        for setting in SETTINGS:
-            for a in audiovisual:
-                for b in supervised:
+    for family in comparisons:
+        pairs = [(a, b) for a in comparison_members(family[0], representations)
+                 for b in comparison_members(family[1], representations) if a != b]
+        family_tests = []
+        for task in TASKS:
+            metric = PRIMARY_METRIC[task]
+            for setting in SETTINGS:
+                for a, b in pairs:
                     ua, ub = units.get((a, task, setting), []), units.get((b, task, setting), [])
                     result = paired_test(ua, ub, metric) if ua and ub else None
-                    if result is None:
-                        continue
-                    p, detail, mean_a, mean_b = result
-                    tests.append(Test(task, setting, a, b, metric, mean_a, mean_b, p, detail))
-    for test, adjusted in zip(tests, stats.holm_bonferroni([t.p for t in tests]) if tests else []):
-        test.p_holm = adjusted
+                    if result is not None:
+                        p, detail, mean_a, mean_b = result
+                        family_tests.append(Test(task, setting, a, b, metric, mean_a, mean_b, p, detail,
+                                                 family=tuple(family)))
+        for test, adjusted in zip(family_tests, stats.holm_bonferroni([t.p for t in family_tests])):
+            test.p_holm = adjusted
+        tests += family_tests
     return tests
 
 
@@ -355,6 +383,8 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
                  loss_movements: dict[tuple[str, str], LossMovement] | None = None) -> Report:
     """The report of `sweep` (a bench.sweep.config.Sweep) from the records whose runs it planned;
     `loss_movements` (bench.results.pretraining.loss_movements) are the curves of the builds behind them."""
+    comparisons = [tuple(pair) for pair in getattr(sweep, "comparisons", None) or DEFAULT_COMPARISONS]
+    check_comparisons(sweep, comparisons)
     chosen, skipped = select(records, planned_hashes)
     units = gather(chosen)
     groups = {}
@@ -376,7 +406,7 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
     return Report(name=sweep.name, question=getattr(sweep, "question", "") or sweep.description,
                   description=sweep.description, deviations=list(sweep.deviations),
                   representations=representations, units=units, cells=cells, gaps=gaps(units),
-                  tests=run_tests(units, representations),
+                  tests=run_tests(units, representations, comparisons), comparisons=comparisons,
                   corpora=sorted({u.train_corpus for us in units.values() for u in us}),
                   seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
                   missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind),

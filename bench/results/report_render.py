@@ -15,7 +15,7 @@ from typing import Any
 from bench.results.pretraining import budget_text, build_key, movement_text, trained_text
 from bench.results.stats import BOOTSTRAP_RESAMPLES
 from bench.results.study_cost import hours_text
-from bench.results.report import ALPHA, PRIMARY_METRIC, REPORT_GROUPS, Report, finding
+from bench.results.report import ALPHA, PRIMARY_METRIC, REPORT_GROUPS, Report, Test, finding
 from bench.results.tables import METRICS
 
 TASK_TITLES = {"words": "words", "speaker-id": "speaker id", "speaker-verification": "speaker verification (EER)",
@@ -53,13 +53,18 @@ def gap_rows(report: Report) -> list[list[str]]:
     return rows
 
 
-def test_rows(report: Report) -> list[list[str]]:
+def test_rows(tests: list[Test]) -> list[list[str]]:
     def p_text(p: float) -> str:  # a bootstrap p at its floor is a bound, not a value
         return f"≤{p:.3g}" if p <= 1.0 / BOOTSTRAP_RESAMPLES else f"{p:.3g}"
 
     return [[t.a, t.b, f"{TASK_TITLES[t.task]}, {t.setting}", f"{_fmt(t.metric, t.mean_a)} vs {_fmt(t.metric, t.mean_b)}",
              p_text(t.p) if "bootstrap" in t.detail else f"{t.p:.3g}", f"{t.p_holm:.3g}",
-             "yes" if t.p_holm < ALPHA else "no", t.detail] for t in report.tests]
+             "yes" if t.p_holm < ALPHA else "no", t.detail] for t in tests]
+
+
+def families(report: Report) -> list[tuple[str, list[Test]]]:
+    """(title, its tests) per comparison, in the config's order; a comparison with no pair yet is kept, empty."""
+    return [(f"{a} against {b}", [t for t in report.tests if t.family == (a, b)]) for a, b in report.comparisons]
 
 
 def limitations(report: Report) -> list[str]:
@@ -93,7 +98,9 @@ def limitations(report: Report) -> list[str]:
 
 # A test compares only the runs both sides have, so its means can differ from the main table's cells.
 PAIRED_NOTE = ("A vs B: the means over the runs both have (same training corpus, test corpus and seed), "
-               "which can differ from the main table's cells while the grid is incomplete.")
+               "which can differ from the main table's cells while the grid is incomplete. Each comparison below is "
+               "one family of tests: p_Holm is Holm-corrected within it.")
+NO_PAIR = "No pair of records to test yet."
 COST_NOTE = ("Summed over the jobs of the records behind this report; jobs that ran in parallel add up, so this is "
              "machine time, not the time a person waited.")
 COST_HEADER = ["stage", "jobs", "wall time", "core-hours", "median per job", "device", "note"]
@@ -143,10 +150,13 @@ def render_markdown(report: Report) -> str:
     out += ["## Generalisation gap (in-domain minus cross-corpus)\n",
             markdown_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
-    out += ["## Audiovisual self-supervision against supervised representations\n", PAIRED_NOTE + "\n",
-            markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})", "test"],
-                            test_rows(report)) if report.tests else "No pair of records to test yet.\n"]
-    out += ["## Findings\n"] + ([f"- {finding(t)}" for t in report.tests] or ["- No test could be run."]) + [""]
+    out += ["## Paired tests\n", PAIRED_NOTE + "\n"]
+    for title, tests in families(report):
+        out += [f"### {title}\n", markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})",
+                                                  "test"], test_rows(tests)) if tests else NO_PAIR + "\n"]
+    out += ["## Findings\n"]
+    for title, tests in families(report):
+        out += [f"### {title}\n"] + ([f"- {finding(t)}" for t in tests] or ["- No test could be run."]) + [""]
     out += ["## Compute, by stage\n", COST_NOTE + "\n",
             markdown_table(COST_HEADER, cost_rows(report)) if report.costs else "No record yet.\n"]
     out += ["## Limitations\n"] + [f"- {line}" for line in limitations(report)] + [""]
@@ -223,12 +233,17 @@ def render_html(report: Report) -> str:
     parts += ["<h2>Generalisation gap (in-domain minus cross-corpus)</h2>",
               _html_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report)) if report.gaps
               else "<p>No representation has both in-domain and cross-corpus records yet.</p>",
-              "<h2>Audiovisual self-supervision against supervised representations</h2>",
-              f"<p>{html.escape(PAIRED_NOTE)}</p>",
-              _html_table(["A", "B", "task", "A vs B", "p", "p_Holm", "significant", "test"], test_rows(report))
-              if report.tests else "<p>No pair of records to test yet.</p>", "<h2>Findings</h2><ul>"]
-    parts += [f"<li>{html.escape(finding(t))}</li>" for t in report.tests] or ["<li>No test could be run.</li>"]
-    parts += ["</ul><h2>Compute, by stage</h2>", f"<p>{html.escape(COST_NOTE)}</p>",
+              "<h2>Paired tests</h2>", f"<p>{html.escape(PAIRED_NOTE)}</p>"]
+    for title, tests in families(report):
+        parts += [f"<h3>{html.escape(title)}</h3>",
+                  _html_table(["A", "B", "task", "A vs B", "p", "p_Holm", "significant", "test"], test_rows(tests))
+                  if tests else f"<p>{NO_PAIR}</p>"]
+    parts.append("<h2>Findings</h2>")
+    for title, tests in families(report):
+        parts += [f"<h3>{html.escape(title)}</h3><ul>"]
+        parts += [f"<li>{html.escape(finding(t))}</li>" for t in tests] or ["<li>No test could be run.</li>"]
+        parts.append("</ul>")
+    parts += ["<h2>Compute, by stage</h2>", f"<p>{html.escape(COST_NOTE)}</p>",
               _html_table(COST_HEADER, cost_rows(report), "cost-table") if report.costs else "<p>No record yet.</p>"]
     parts += ["<h2>Limitations</h2><ul>"] + [f"<li>{html.escape(x)}</li>" for x in limitations(report)] + ["</ul>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -14,6 +14,9 @@
                                       # built by the sweep; evaluated as encoders: [apc@pretrained:apc-b8]
     records: results/runs.jsonl       # optional, relative to the current folder
     tables: results                   # optional: regenerate tables there after the sweep
+    comparisons: ["audiovisual SSL vs supervised", "av-joint vs av-audio"]
+                                      # `avbench report`'s paired tests: each "A vs B" (a report group
+                                      # or a representation on each side) is one Holm-corrected family
 
 bench.sweep.run plans and runs the grid, bench.sweep.cost estimates it (`--dry-run`).
 """
@@ -35,7 +38,7 @@ from bench.sweep.pretraining import check_references, parse_entries
 
 LIST_KEYS = ("tasks", "task_types", "encoders", "modes", "label_fractions", "k_shots", "seeds", "eval_tasks")
 TOP_KEYS = set(LIST_KEYS) | {"name", "description", "deviations_from_paper", "train", "records", "tables",
-                             "train_task", "budget", "pretraining", "question"}
+                             "train_task", "budget", "pretraining", "question", "comparisons"}
 # Set by the grid, never in `train:` (run setting -> the sweep key that sets it).
 GRID_SETTINGS = {"task": "tasks", "encoder": "encoders", "mode": "modes", "label_fraction": "label_fractions",
                  "seed": "seeds", "k_shot": "k_shots", "task_type": "task_types", "eval_tasks": "eval_tasks",
@@ -59,6 +62,9 @@ class Sweep:
     pretraining: dict = field(default_factory=dict)  # entry name -> PretrainConfig (bench.sweep.pretraining)
     budget: dict = field(default_factory=dict)  # {"unit": "epochs"|"steps", "value": int}
     not_applicable: list = field(default_factory=list)  # "encoder in mode": grid points that cannot run
+    # The report's paired-test families, (A, B): each side a report group or a representation name;
+    # empty: the report's default (bench.results.report.DEFAULT_COMPARISONS).
+    comparisons: list = field(default_factory=list)
 
 
 
@@ -74,6 +80,24 @@ def _list(spec: dict, key: str, path: Path, default: list | None, paper: list | 
         extra = " or `paper`" if paper is not None else (" or a count n (seeds 0..n-1)" if key == "seeds" else "")
         raise ConfigError(f"{path}: '{key}' must be a non-empty list{extra}, got {value!r}.")
     return value
+
+
+def _comparisons(spec: dict, path: Path) -> list[tuple[str, str]]:
+    """`comparisons: ["audiovisual SSL vs supervised", ...]` -> [(A, B), ...]; the names are checked
+    against the records' groups and representations when the report is built."""
+    value = spec.get("comparisons")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: 'comparisons' must be a non-empty list of \"A vs B\" strings, got {value!r}.")
+    pairs = []
+    for item in value:
+        a, sep, b = str(item).partition(" vs ")
+        if not isinstance(item, str) or not sep or not a.strip() or not b.strip() or a.strip() == b.strip():
+            raise ConfigError(f"{path}: comparisons: {item!r} is not \"A vs B\" with two different sides, e.g. "
+                              f"\"audiovisual SSL vs supervised\" (report groups) or \"av-joint vs av-audio\".")
+        pairs.append((a.strip(), b.strip()))
+    return pairs
 
 
 def _budget(spec: dict, path: Path) -> int | None:
@@ -181,7 +205,8 @@ def load_sweep(path: str | Path) -> Sweep:
                  description=str(spec.get("description") or "").strip(),
                  question=" ".join(str(spec.get("question") or "").split()),
                  deviations=list(spec.get("deviations_from_paper") or []), pretraining=pretraining,
-                 budget=runs[0].budget(), not_applicable=sorted(set(not_applicable)))
+                 budget=runs[0].budget(), not_applicable=sorted(set(not_applicable)),
+                 comparisons=_comparisons(spec, path))
 
 
 def _has_parameters(encoder: str, train: dict) -> bool:
