@@ -13,7 +13,8 @@ import pytest
 from test_tables import make_record
 
 from bench.records import sidecar_path
-from bench.results.report import build_report, finding, report_group
+from bench.results.report import build_report, report_group
+from bench.results.report_tests import finding
 from bench.results.report_render import render_html, render_markdown
 from bench.results.write import write_report
 from bench.sweep.config import load_sweep
@@ -116,6 +117,8 @@ def test_each_comparison_the_config_names_is_its_own_holm_family(tmp_path):
     text = render_markdown(report)
     assert text.index("### audiovisual SSL against supervised") < text.index("### av-joint against mfcc39")
     assert text.count("### av-joint against mfcc39") == 2  # its test table, then its findings
+    assert ("**av-joint against mfcc39: of 1 paired tests (pairs x tasks x settings), av-joint is significantly "
+            "better in 1, significantly worse in 0, and not significantly different in 0") in text
 
     class Typo(FakeSweep):
         comparisons = [("audiovisual SSL", "supervisd")]
@@ -151,6 +154,8 @@ def test_a_difference_within_noise_is_reported_as_not_significant():
     report = build_report(FakeSweep, records, planned(records))
     assert all(t.p_holm > 0.05 for t in report.tests)
     assert "do not differ significantly" in finding(report.tests[0])
+    assert "is significantly better in 0, significantly worse in 0, and not significantly different in 2" in \
+        render_markdown(report)
 
 
 def test_verification_is_tested_on_eer_with_a_paired_bootstrap():
@@ -270,6 +275,8 @@ def test_results_readme_opens_with_the_study_main_table(tmp_path):
     readme = (runs.parent / "README.md").read_text()
     assert readme.startswith("# The study\n\n**Does it generalise?**\n\n| group | representation | words, in-domain |")
     assert "| audiovisual SSL | av-joint | 79.00 [" in readme and "[question/report.md](question/report.md)" in readme
+    assert ("- audiovisual SSL against supervised: of 2 paired tests (pairs x tasks x settings), audiovisual SSL is "
+            "significantly better in 2, significantly worse in 0") in readme
     assert (runs.parent / "question" / "report.html").is_file()
 
 

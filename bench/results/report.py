@@ -12,9 +12,7 @@ beside the records names them) and the pretraining records behind their checkpoi
   training corpus and seed, with a t interval;
 - paired tests, per task and setting, for each comparison the config names ("A vs B", each side a
   report group or a representation; by default every audiovisual self-supervised representation
-  against every supervised one): exact McNemar on the test clips (each clip's majority over seeds,
-  clips of every corpus pair pooled) for accuracy; a paired bootstrap over trials for EER.
-  Holm-corrected within each comparison, which is one family of tests;
+  against every supervised one), Holm-corrected within each comparison (bench.results.report_tests);
 - findings: one sentence per test, generated from it, and limitations generated from the records;
 - the compute the study took, by stage (bench.results.study_cost).
 
@@ -33,9 +31,10 @@ from scipy import stats as scipy_stats
 
 from bench.results import stats
 from bench.results.pretraining import LossMovement, build_key, checkpoint_hash, latest_builds
+from bench.results.report_tests import DEFAULT_COMPARISONS, Test, run_tests
 from bench.results.study_cost import StageCost, study_costs
 from bench.errors import ConfigError
-from bench.results.tables import METRICS, display_name, metric_value
+from bench.results.tables import display_name, metric_value
 
 REPORT_GROUPS = ("audiovisual SSL", "audio SSL", "speaker SSL", "supervised", "hand-crafted", "random", "other")
 AUDIOVISUAL = ("av-joint", "av-visual")
@@ -44,9 +43,6 @@ HAND_CRAFTED = ("mfcc39", "logmel")
 TASKS = ("words", "speaker-id", "speaker-verification", "emotion")
 SETTINGS = ("in-domain", "cross-corpus")
 PRIMARY_METRIC = {"words": "accuracy", "speaker-id": "accuracy", "speaker-verification": "eer", "emotion": "accuracy"}
-ALPHA = 0.05
-# The question avbench exists to answer: tested when a sweep config names no `comparisons`.
-DEFAULT_COMPARISONS = (("audiovisual SSL", "supervised"),)
 
 
 def report_group(record: dict[str, Any]) -> str:
@@ -105,21 +101,6 @@ class CellStats:
     mean: float
     ci: tuple[float, float] | None
     ci_kind: str          # "t over N seeds" | "bootstrap over test items" | reason there is none
-
-
-@dataclass
-class Test:
-    task: str
-    setting: str
-    a: str
-    b: str
-    metric: str
-    mean_a: float
-    mean_b: float
-    p: float
-    detail: str
-    p_holm: float = math.nan
-    family: tuple[str, str] = DEFAULT_COMPARISONS[0]  # the comparison it belongs to; Holm is within it
 
 
 @dataclass
@@ -267,52 +248,6 @@ def gaps(units: dict[tuple[str, str, str], list[Unit]]) -> dict[tuple[str, str],
     return out
 
 
-def _paired_units(a: list[Unit], b: list[Unit]) -> list[tuple[list[Unit], list[Unit]]]:
-    """Per (train, test corpus): the seeds both ran, in seed order."""
-    groups = []
-    for pair in sorted({(u.train_corpus, u.test_corpus) for u in a}):
-        seeds_a = {u.seed: u for u in a if (u.train_corpus, u.test_corpus) == pair}
-        seeds_b = {u.seed: u for u in b if (u.train_corpus, u.test_corpus) == pair}
-        common = sorted(set(seeds_a) & set(seeds_b))
-        if common:
-            groups.append(([seeds_a[s] for s in common], [seeds_b[s] for s in common]))
-    return groups
-
-
-def paired_test(a: list[Unit], b: list[Unit], metric: str) -> tuple[float, str, float, float] | None:
-    """(p, what was tested, A's mean, B's mean) on the runs both have; None when nothing pairs up."""
-    groups = _paired_units(a, b)
-    if not groups:
-        return None
-    means = (float(np.mean([u.value for ua, _ in groups for u in ua])),
-             float(np.mean([u.value for _, ub in groups for u in ub])))
-    if metric in ("eer", "min_dcf"):
-        try:
-            p = stats.paired_verification_p([([u.record["trial_scores"] for u in ua], [u.record["trial_scores"] for u in ub],
-                                               ua[0].record["trial_labels"]) for ua, ub in groups], metric)
-        except (KeyError, ValueError):
-            return None
-        runs = sum(len(ua) for ua, _ in groups)
-        return p, f"paired bootstrap over trials, {runs} run pair(s)", *means
-    b_total = c_total = clips = 0
-    for ua, ub in groups:
-        targets = ua[0].record.get("test_targets")
-        if targets is None or any(u.record.get("test_targets") != targets for u in ua + ub):
-            return None
-        b_, c_, _ = stats.paired_mcnemar(targets, [u.record["test_predictions"] for u in ua],
-                                         [u.record["test_predictions"] for u in ub])
-        b_total, c_total, clips = b_total + b_, c_total + c_, clips + len(targets)
-    return (stats.mcnemar_exact(b_total, c_total),
-            f"exact McNemar on {clips} test clips: A alone right on {b_total}, B alone right on {c_total}", *means)
-
-
-def comparison_members(side: str, representations: dict[str, str]) -> list[str]:
-    """The representations one side of a comparison names: a report group's, or the one named."""
-    if side in REPORT_GROUPS:
-        return [rep for rep, group in representations.items() if group == side]
-    return [side] if side in representations else []
-
-
 def check_comparisons(sweep, comparisons: list[tuple[str, str]]) -> None:
     """Every side names a report group or one of the sweep's representations (a typo would otherwise
     leave a family silently empty)."""
@@ -322,44 +257,6 @@ def check_comparisons(sweep, comparisons: list[tuple[str, str]]) -> None:
         raise ConfigError(f"{getattr(sweep, 'source', sweep.name)}: comparisons name {', '.join(map(repr, unknown))}, "
                           f"which is neither a report group ({', '.join(REPORT_GROUPS)}) nor a representation of "
                           f"this sweep ({', '.join(configured_representations(sweep))}).")
-
-
-def run_tests(units: dict[tuple[str, str, str], list[Unit]], representations: dict[str, str],
-              comparisons: list[tuple[str, str]] = DEFAULT_COMPARISONS) -> list[Test]:
-    """Every comparison's tests, A's members against B's, per task and setting; Holm within each comparison."""
-    tests = []
-    for family in comparisons:
-        pairs = [(a, b) for a in comparison_members(family[0], representations)
-                 for b in comparison_members(family[1], representations) if a != b]
-        family_tests = []
-        for task in TASKS:
-            metric = PRIMARY_METRIC[task]
-            for setting in SETTINGS:
-                for a, b in pairs:
-                    ua, ub = units.get((a, task, setting), []), units.get((b, task, setting), [])
-                    result = paired_test(ua, ub, metric) if ua and ub else None
-                    if result is not None:
-                        p, detail, mean_a, mean_b = result
-                        family_tests.append(Test(task, setting, a, b, metric, mean_a, mean_b, p, detail,
-                                                 family=tuple(family)))
-        for test, adjusted in zip(family_tests, stats.holm_bonferroni([t.p for t in family_tests])):
-            test.p_holm = adjusted
-        tests += family_tests
-    return tests
-
-
-def finding(test: Test) -> str:
-    """One sentence from one test, with its numbers."""
-    m = METRICS[test.metric]
-    unit = "%" if m.scale == 100 else ""
-    numbers = f"{m.title.split(' (')[0].lower()} {m.fmt(test.mean_a)}{unit} vs {m.fmt(test.mean_b)}{unit}"
-    where = f"{test.task}, {test.setting}"
-    if test.p_holm < ALPHA:
-        better = (test.mean_a > test.mean_b) == m.higher_is_better
-        return (f"{test.a} is significantly {'better' if better else 'worse'} than {test.b} on {where} "
-                f"({numbers}, p_Holm = {test.p_holm:.3g}).")
-    return (f"{test.a} and {test.b} do not differ significantly on {where} "
-            f"({numbers}, p_Holm = {test.p_holm:.3g}).")
 
 
 def configured_representations(sweep) -> list[str]:
@@ -406,7 +303,8 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
     return Report(name=sweep.name, question=getattr(sweep, "question", "") or sweep.description,
                   description=sweep.description, deviations=list(sweep.deviations),
                   representations=representations, units=units, cells=cells, gaps=gaps(units),
-                  tests=run_tests(units, representations, comparisons), comparisons=comparisons,
+                  tests=run_tests(units, representations, comparisons, PRIMARY_METRIC, SETTINGS, REPORT_GROUPS),
+                  comparisons=comparisons,
                   corpora=sorted({u.train_corpus for us in units.values() for u in us}),
                   seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
                   missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind),

@@ -15,7 +15,8 @@ from typing import Any
 from bench.results.pretraining import budget_text, build_key, movement_text, trained_text
 from bench.results.stats import BOOTSTRAP_RESAMPLES
 from bench.results.study_cost import hours_text
-from bench.results.report import ALPHA, PRIMARY_METRIC, REPORT_GROUPS, Report, Test, finding
+from bench.results.report import PRIMARY_METRIC, REPORT_GROUPS, Report
+from bench.results.report_tests import ALPHA, Test, family_summary, finding
 from bench.results.tables import METRICS
 
 TASK_TITLES = {"words": "words", "speaker-id": "speaker id", "speaker-verification": "speaker verification (EER)",
@@ -62,9 +63,13 @@ def test_rows(tests: list[Test]) -> list[list[str]]:
              "yes" if t.p_holm < ALPHA else "no", t.detail] for t in tests]
 
 
-def families(report: Report) -> list[tuple[str, list[Test]]]:
-    """(title, its tests) per comparison, in the config's order; a comparison with no pair yet is kept, empty."""
-    return [(f"{a} against {b}", [t for t in report.tests if t.family == (a, b)]) for a, b in report.comparisons]
+def families(report: Report) -> list[tuple[str, list[Test], str]]:
+    """(title, its tests, their summary) per comparison, in the config's order; one with no pair yet is kept."""
+    out = []
+    for family in report.comparisons:
+        tests = [t for t in report.tests if t.family == family]
+        out.append((f"{family[0]} against {family[1]}", tests, family_summary(family, tests)))
+    return out
 
 
 def limitations(report: Report) -> list[str]:
@@ -151,12 +156,12 @@ def render_markdown(report: Report) -> str:
             markdown_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
     out += ["## Paired tests\n", PAIRED_NOTE + "\n"]
-    for title, tests in families(report):
+    for title, tests, _ in families(report):
         out += [f"### {title}\n", markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})",
                                                   "test"], test_rows(tests)) if tests else NO_PAIR + "\n"]
     out += ["## Findings\n"]
-    for title, tests in families(report):
-        out += [f"### {title}\n"] + ([f"- {finding(t)}" for t in tests] or ["- No test could be run."]) + [""]
+    for title, tests, summary in families(report):
+        out += [f"### {title}\n", f"**{summary}**\n"] + [f"- {finding(t)}" for t in tests] + [""]
     out += ["## Compute, by stage\n", COST_NOTE + "\n",
             markdown_table(COST_HEADER, cost_rows(report)) if report.costs else "No record yet.\n"]
     out += ["## Limitations\n"] + [f"- {line}" for line in limitations(report)] + [""]
@@ -234,15 +239,14 @@ def render_html(report: Report) -> str:
               _html_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report)) if report.gaps
               else "<p>No representation has both in-domain and cross-corpus records yet.</p>",
               "<h2>Paired tests</h2>", f"<p>{html.escape(PAIRED_NOTE)}</p>"]
-    for title, tests in families(report):
+    for title, tests, _ in families(report):
         parts += [f"<h3>{html.escape(title)}</h3>",
                   _html_table(["A", "B", "task", "A vs B", "p", "p_Holm", "significant", "test"], test_rows(tests))
                   if tests else f"<p>{NO_PAIR}</p>"]
     parts.append("<h2>Findings</h2>")
-    for title, tests in families(report):
-        parts += [f"<h3>{html.escape(title)}</h3><ul>"]
-        parts += [f"<li>{html.escape(finding(t))}</li>" for t in tests] or ["<li>No test could be run.</li>"]
-        parts.append("</ul>")
+    for title, tests, summary in families(report):
+        parts += [f"<h3>{html.escape(title)}</h3><p><b>{html.escape(summary)}</b></p><ul>"]
+        parts += [f"<li>{html.escape(finding(t))}</li>" for t in tests] + ["</ul>"]
     parts += ["<h2>Compute, by stage</h2>", f"<p>{html.escape(COST_NOTE)}</p>",
               _html_table(COST_HEADER, cost_rows(report), "cost-table") if report.costs else "<p>No record yet.</p>"]
     parts += ["<h2>Limitations</h2><ul>"] + [f"<li>{html.escape(x)}</li>" for x in limitations(report)] + ["</ul>"]

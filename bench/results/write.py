@@ -86,7 +86,7 @@ def report_files(sweep, records: list, planned: set[str], pretraining: list, rec
 def study_section(records_path: Path, records: list, pretraining: list) -> tuple[str, dict[str, bytes]]:
     """The opening of results/README.md: the study's main table and its report files, when the sweeps
     sidecar names the study's config and runs; else how to make them."""
-    from bench.results.report_render import main_table_rows, markdown_table
+    from bench.results.report_render import families, main_table_rows, markdown_table
     from bench.sweep.config import load_sweep
 
     entry = results_index.sweep_entries(records_path).get(STUDY)
@@ -98,8 +98,10 @@ def study_section(records_path: Path, records: list, pretraining: list) -> tuple
     report, files = report_files(sweep, records, set(entry["config_hashes"]), pretraining, records_path)
     text = (f"# The study\n\n**{report.question}**\n\n{markdown_table(*main_table_rows(report))}\nMean [95% CI] "
             f"(n runs over corpora and seeds); accuracy (%), EER (%) for verification; CI: t over seeds; ‡ one seed "
-            f"(bootstrap CI over the test items). The whole report, with the generalisation gaps, the paired tests "
-            f"and the findings: [{STUDY}/report.md]({STUDY}/report.md), [{STUDY}/report.html]({STUDY}/report.html).\n\n")
+            f"(bootstrap CI over the test items).\n\n"
+            + "".join(f"- {summary}\n" for _, _, summary in families(report))
+            + f"\nThe whole report, with the generalisation gaps, the paired tests and every finding: "
+            f"[{STUDY}/report.md]({STUDY}/report.md), [{STUDY}/report.html]({STUDY}/report.html).\n\n")
     return text, {f"{STUDY}/{name}": data for name, data in files.items()}
 
 
