@@ -84,6 +84,19 @@ def test_cells_pool_corpora_and_seeds_with_a_t_interval():
     assert "mfcc39: words, cross-corpus" in report.missing
 
 
+def test_the_gap_is_read_in_words_whatever_the_metric_direction():
+    from bench.results.report import CellStats
+    from bench.results.report_render import unseen_text
+
+    # Accuracy 10 points lower on the unseen corpus, and an EER 6 points higher: both are worse there.
+    assert unseen_text("accuracy", CellStats([0.1] * 4, 0.1, (0.08, 0.12), "t")) == "worse by 10.00"
+    assert unseen_text("eer", CellStats([-0.06] * 4, -0.06, (-0.09, -0.03), "t")) == "worse by 6.00"
+    assert unseen_text("eer", CellStats([0.01, -0.01], 0.01, (-0.02, 0.04), "t")) == "better by 1.00, CI includes 0"
+    records = study_records()
+    text = render_markdown(build_report(FakeSweep, records, planned(records)))
+    assert "| av-joint | words | 10.00 | [10.00, 10.00] | 4 | worse by 10.00 |" in text
+
+
 def test_paired_tests_are_holm_corrected_and_findings_cite_their_numbers():
     records = study_records()
     report = build_report(FakeSweep, records, planned(records))

@@ -15,7 +15,7 @@ from typing import Any
 from bench.results.pretraining import budget_text, build_key, movement_text, trained_text
 from bench.results.stats import BOOTSTRAP_RESAMPLES
 from bench.results.study_cost import hours_text
-from bench.results.report import PRIMARY_METRIC, REPORT_GROUPS, Report
+from bench.results.report import PRIMARY_METRIC, REPORT_GROUPS, CellStats, Report
 from bench.results.report_tests import ALPHA, Test, family_summary, finding
 from bench.results.tables import METRICS
 
@@ -50,8 +50,16 @@ def gap_rows(report: Report) -> list[list[str]]:
                                                                           kv[0][1])):
         metric = PRIMARY_METRIC[task]
         ci = "no interval (one pair)" if cell.ci is None else f"[{_fmt(metric, cell.ci[0])}, {_fmt(metric, cell.ci[1])}]"
-        rows.append([rep, TASK_TITLES[task], _fmt(metric, cell.mean), ci, str(len(cell.values))])
+        rows.append([rep, TASK_TITLES[task], _fmt(metric, cell.mean), ci, str(len(cell.values)),
+                     unseen_text(metric, cell)])
     return rows
+
+
+def unseen_text(metric: str, gap: CellStats) -> str:
+    """The gap read in words, so its sign needs no thought: an EER gap is negative when the unseen corpus is worse."""
+    loss = gap.mean if METRICS[metric].higher_is_better else -gap.mean
+    text = f"{'worse' if loss > 0 else 'better'} by {_fmt(metric, abs(gap.mean))}"
+    return text + (", CI includes 0" if gap.ci is None or gap.ci[0] <= 0 <= gap.ci[1] else "")
 
 
 def test_rows(tests: list[Test]) -> list[list[str]]:
@@ -106,6 +114,7 @@ PAIRED_NOTE = ("A vs B: the means over the runs both have (same training corpus,
                "which can differ from the main table's cells while the grid is incomplete. Each comparison below is "
                "one family of tests: p_Holm is Holm-corrected within it.")
 NO_PAIR = "No pair of records to test yet."
+GAP_HEADER = ["representation", "task", "gap", "95% CI", "pairs", "on the unseen corpus"]
 COST_NOTE = ("Summed over the jobs of the records behind this report; jobs that ran in parallel add up, so this is "
              "machine time, not the time a person waited.")
 COST_HEADER = ["stage", "jobs", "wall time", "core-hours", "median per job", "device", "note"]
@@ -153,7 +162,7 @@ def render_markdown(report: Report) -> str:
             "seeds). The CI is Student's t over seeds (each seed's mean over the corpora); ‡ marks a cell of one "
             "seed, whose CI is the bootstrap over its runs' test items.\n", markdown_table(header, rows)]
     out += ["## Generalisation gap (in-domain minus cross-corpus)\n",
-            markdown_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report))
+            markdown_table(GAP_HEADER, gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
     out += ["## Paired tests\n", PAIRED_NOTE + "\n"]
     for title, tests, _ in families(report):
@@ -236,7 +245,7 @@ def render_html(report: Report) -> str:
         parts.append(f'<img alt="means and 95% intervals per task" src="data:image/png;base64,'
                      f'{base64.b64encode(png).decode()}">')
     parts += ["<h2>Generalisation gap (in-domain minus cross-corpus)</h2>",
-              _html_table(["representation", "task", "gap", "95% CI", "pairs"], gap_rows(report)) if report.gaps
+              _html_table(GAP_HEADER, gap_rows(report)) if report.gaps
               else "<p>No representation has both in-domain and cross-corpus records yet.</p>",
               "<h2>Paired tests</h2>", f"<p>{html.escape(PAIRED_NOTE)}</p>"]
     for title, tests, _ in families(report):
