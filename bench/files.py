@@ -25,10 +25,16 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class LockBusy(Exception):
+    """Another process holds the lock and the caller asked not to wait for it."""
+
+
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, log: logging.Logger, waiting: str, *args: object) -> Iterator[None]:
+def exclusive_lock(path: str | Path, log: logging.Logger, waiting: str, *args: object,
+                   wait: bool = True) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created, with its folder) for the block; when another
-    holder makes this one wait, say so first with `log.info(waiting, *args)`.
+    holder makes this one wait, say so first with `log.info(waiting, *args)`. With `wait=False`
+    a held lock raises LockBusy instead, before the block runs.
 
     flock (not fcntl/lockf record locks) because it belongs to the open file description: it is
     released when the holder exits however it exits, including SIGKILL, and two descriptors in one
@@ -42,6 +48,8 @@ def exclusive_lock(path: str | Path, log: logging.Logger, waiting: str, *args: o
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise LockBusy(str(path)) from None
             log.info(waiting, *args)
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:

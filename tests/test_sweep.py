@@ -4,6 +4,7 @@ feature cache built once, a dead worker recorded, a SIGKILLed sweep resumed to t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -357,6 +358,49 @@ train: {{epochs: 4, lr: 1.0e-3, batch_size: 8, hidden: 16, layers: 1}}
     assert by_hash(interrupted) == by_hash(reference)
     if in_flight:  # a run killed after a finished epoch continued from it (all but always the case)
         assert any(r["resumed_from_epoch"] for r in records)
+
+
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_a_run_another_process_is_running_is_passed_over_then_waited_for(tiny_corpus, tmp_path, caplog, executor):
+    """Two sweeps of one grid share it: each passes over the run the other is running, and comes back
+    to it once its own are done (to find it recorded, or to run it if the other died)."""
+    import threading
+
+    from bench.evaluate.identity import run_dir
+    from bench.files import exclusive_lock
+
+    config = write_config(tmp_path / "sweep.yaml", f"""
+tasks: ["{tiny_corpus.path}"]
+encoders: [mfcc39]
+seeds: [0, 1]
+train: {TRAIN}
+records: {tmp_path / "runs.jsonl"}
+""")
+    sweep = load_sweep(config)
+    first, second = (run.config_hash for run in plan_runs(sweep))
+    held, seen_second_first = threading.Event(), []
+
+    def other_process():  # holds the first run's lock, as a second sweep running it would
+        with exclusive_lock(run_dir(first).with_suffix(".lock"), logging.getLogger("test"), "held"):
+            held.set()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                records = read_records(sweep.records) if sweep.records.exists() else []
+                if any(r["config_hash"] == second for r in records):
+                    seen_second_first.append(True)
+                    return
+                time.sleep(0.05)
+
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    held.wait(10)
+    with caplog.at_level(logging.INFO, logger="avbench"):
+        summary = run_sweep(sweep, progress=False, executor=LocalExecutor(workers=1) if executor == "local" else None)
+    holder.join()
+    assert seen_second_first, "the sweep waited for the held run instead of running the other one first"
+    assert [r["config_hash"] for r in read_records(sweep.records)] == [second, first]
+    assert (summary["ran"], summary["failed"]) == (2, [])  # the holder never recorded it: this sweep ran it
+    assert "1 run(s) were running in another process when their turn came; waiting for them now" in caplog.text
 
 
 def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch):

@@ -148,7 +148,8 @@ def run_dir(chash: str) -> Path:
     return data_dir() / "runs" / chash
 
 
-def exclusive_run(chash: str):
-    """Hold an exclusive flock on the run's lock file (data dir runs/<hash>.lock) while it runs."""
+def exclusive_run(chash: str, wait: bool = True):
+    """Hold an exclusive flock on the run's lock file (data dir runs/<hash>.lock) while it runs; with
+    `wait=False`, raise bench.files.LockBusy if another process holds it."""
     return exclusive_lock(run_dir(chash).with_suffix(".lock"), log,
-                          "run %s is running in another process; waiting for it", chash)
+                          "run %s is running in another process; waiting for it", chash, wait=wait)

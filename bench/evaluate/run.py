@@ -39,7 +39,7 @@ log = logging.getLogger("avbench.runner")
 
 
 def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool = False, progress: bool = True,
-                   cache=None, device: str = "auto") -> dict[str, Any]:
+                   cache=None, device: str = "auto", wait: bool = True) -> dict[str, Any]:
     """Run one experiment and append its record(s); return the record (or the existing one if skipped).
 
     `device` (auto, cpu, cuda, cuda:N) is where the encoder and the head run; it is not part of the
@@ -48,6 +48,9 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
     A run trains on `config.task` (every fold of it, where the task defines folds) and tests there;
     each of `config.eval_tasks` then adds a record of the same trained model tested on that task.
     The main record is appended last, so a run killed in between is re-run whole.
+
+    A run that another process is running waits for it, then returns its record; with `wait=False`
+    it raises bench.files.LockBusy instead (a sweep comes back to it after its other runs).
     """
     config = config.validated()
     placed = resolve_device(device)
@@ -61,8 +64,8 @@ def run_experiment(config: RunConfig, records_path: str | Path, *, force: bool =
         return {**done, "skipped": True}
 
     # One process per run: a second sweep (or a worker left over from a killed one) that reaches
-    # the same run waits here, then finds it recorded instead of training it again.
-    with exclusive_run(chash):
+    # the same run waits here (or, told not to wait, moves on), then finds it recorded.
+    with exclusive_run(chash, wait=wait):
         if not force and (done := completed(read_records(records_path)).get(chash)) is not None:
             log.info("skipping %s on %s: recorded by another process meanwhile", config.encoder, config.task)
             return {**done, "skipped": True}

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from bench.errors import ConfigError
-from bench.files import file_sha256
+from bench.files import LockBusy, file_sha256
 from bench.records import append_record, git_commit, pretraining_records_path
 from bench.sweep.cpu import busy_cores, choose_wait_policy, thread_env, usable_cores, user_thread_cap
 
@@ -62,15 +62,19 @@ def record_failure(records: str | Path, config: dict, error: str, trace: str | N
 
 
 def execute_run(config: dict, records: str | Path, *, force: bool = False, progress: bool = False,
-                device: str = "auto") -> dict:
-    """Run one configuration in this process and return its outcome; a raising run is recorded."""
+                device: str = "auto", wait: bool = True) -> dict:
+    """Run one configuration in this process and return its outcome; a raising run is recorded. With
+    `wait=False`, a run that another process is running is not waited for: its outcome is "busy"."""
     from bench.evaluate.identity import RunConfig
     from bench.evaluate.run import run_experiment
 
     try:
-        record = run_experiment(RunConfig.from_dict(config), records, force=force, progress=progress, device=device)
+        record = run_experiment(RunConfig.from_dict(config), records, force=force, progress=progress, device=device,
+                                wait=wait)
     except KeyboardInterrupt:
         raise
+    except LockBusy:
+        return {"status": "busy"}
     except Exception as exc:  # one broken run must not cost the rest of the sweep
         error = f"{type(exc).__name__}: {exc}"
         record_failure(records, config, error, traceback.format_exc())
@@ -108,10 +112,11 @@ def record_pretraining_failure(target: str | Path, job: Job, error: str, trace: 
 
 def execute_job(job: Job, records: str | Path, *, force: bool = False, progress: bool = False,
                 device: str = "auto") -> dict:
-    """One job of either kind: a pretraining checkpoint or a run."""
+    """One job of either kind: a pretraining checkpoint or a run (`job["wait"]`: see execute_run)."""
     if job.get("kind") == "pretraining":
         return execute_pretraining(job, records, progress=progress, device=device)
-    return execute_run(job["config"], records, force=force, progress=progress, device=device)
+    return execute_run(job["config"], records, force=force, progress=progress, device=device,
+                       wait=job.get("wait", True))
 
 
 def record_job_failure(records: str | Path, job: Job, error: str, trace: str | None = None) -> None:

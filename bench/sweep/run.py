@@ -172,11 +172,32 @@ def _job(index: int, run: PlannedRun, count: int) -> dict:
 
 
 def _execute(executor, jobs: list[dict], sweep: Sweep, force: bool, plugins, summary: dict) -> dict[str, str]:
-    """Hand `jobs` to the executor, log each outcome into `summary`; return the failed pretraining entries."""
-    failed_stages = {}
-    for job, outcome in executor.execute(jobs, sweep.records, force=force, plugins=plugins):
+    """Hand `jobs` to the executor, log each outcome into `summary`; return the failed pretraining entries.
+
+    A run that another process is running (a second sweep of the same grid, in another terminal or on
+    another machine sharing the data folder) is passed over, not waited for, so the two share the grid;
+    once the rest is done, this sweep comes back to the runs it passed over and waits for them."""
+    failed_stages: dict[str, str] = {}
+    passed_over = [job["label"] for job in _log_outcomes(
+        executor.execute([{**job, "wait": job.get("kind") == "pretraining"} for job in jobs], sweep.records,
+                         force=force, plugins=plugins), summary, failed_stages)]
+    if passed_over:
+        log.info("%d run(s) were running in another process when their turn came; waiting for them now: %s",
+                 len(passed_over), "; ".join(passed_over))
+        again = [{**job, "wait": True} for job in jobs if job["label"] in set(passed_over)]
+        list(_log_outcomes(executor.execute(again, sweep.records, force=force, plugins=plugins), summary,
+                           failed_stages))
+    return failed_stages
+
+
+def _log_outcomes(outcomes, summary: dict, failed_stages: dict[str, str]):
+    """Log each (job, outcome) into `summary` and `failed_stages`; yield the jobs another process was running."""
+    for job, outcome in outcomes:
         pretraining = job.get("kind") == "pretraining"
-        if outcome["status"] == "failed":
+        if outcome["status"] == "busy":
+            log.info("%s: running in another process; this sweep comes back to it after its other runs", job["label"])
+            yield job
+        elif outcome["status"] == "failed":
             log.error("%s failed: %s", job["label"], outcome["error"])
             summary["failed"].append(f"{job['label']}: {outcome['error']}")
             if pretraining:
@@ -192,4 +213,3 @@ def _execute(executor, jobs: list[dict], sweep: Sweep, force: bool, plugins, sum
             summary["ran"] += 1
             log.info("%s: test %.2f%% (best val %.2f%% at epoch %d), %.0f s", job["label"], 100 * outcome["test_acc"],
                      100 * outcome["val_acc"], outcome["best_epoch"], outcome["wall_seconds"])
-    return failed_stages
