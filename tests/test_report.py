@@ -200,6 +200,17 @@ def test_markdown_has_the_question_main_table_and_generated_limitations():
             "apc: every task (no record).") in text
 
 
+def test_a_row_that_pools_runs_of_two_builds_of_its_checkpoint_says_so():
+    records = study_records()
+    assert "different checkpoints" not in render_markdown(build_report(FakeSweep, records, planned(records)))
+    rebuilt = next(r for r in records if r["encoder"].startswith("av-joint") and r["seed"] == 1 and not r.get("eval_of"))
+    rebuilt["checkpoint_hash"] = "ffff" * 4  # seed 1 on one corpus ran after a rebuild with other bits
+    report = build_report(FakeSweep, records, planned(records))
+    assert report.mixed_checkpoints == {"av-joint": {"aaaa" * 4: 3, "ffff" * 4: 1}}
+    assert ("av-joint's row pools runs of 2 different checkpoints (aaaaaaaaaaaaaaaa: 3 run(s), ffffffffffffffff: "
+            "1 run(s)): its pretraining was built more than once") in render_markdown(report)
+
+
 def test_the_cost_splits_pretraining_features_and_downstream_and_counts_each_run_once():
     from bench.results.study_cost import study_costs
 

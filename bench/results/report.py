@@ -124,6 +124,7 @@ class Report:
     corpus_tasks: dict[str, str] = field(default_factory=dict)  # corpus id -> the task spec that named it
     loss_movements: dict[tuple[str, str], LossMovement] = field(default_factory=dict)  # build_key -> its curve
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # the paired-test families, in config order
+    mixed_checkpoints: dict[str, dict[str, int]] = field(default_factory=dict)  # row -> {checkpoint hash: runs}
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -298,6 +299,12 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
                and not (task == "speaker-id" and setting == "cross-corpus")]  # never run: closed-set speakers
     missing += [f"{rep}: every task (no record)" for rep in not_run]
     used = {r.get("checkpoint_hash") for r in chosen if r.get("checkpoint_hash")}
+    # A row pools its runs by name; one entry built twice with different bits (another machine) splits them.
+    per_row: dict[str, dict[str, int]] = {}
+    for r in chosen:
+        if r.get("checkpoint_hash") and not r.get("eval_of"):
+            row = per_row.setdefault(representation(r), {})
+            row[r["checkpoint_hash"]] = row.get(r["checkpoint_hash"], 0) + 1
     behind = [p for p, _ in latest_builds(list(pretraining)) if checkpoint_hash(p) in used]
     behind_keys = {build_key(b) for b in behind}
     return Report(name=sweep.name, question=getattr(sweep, "question", "") or sweep.description,
@@ -305,6 +312,7 @@ def build_report(sweep, records: list[dict[str, Any]], planned_hashes: set[str],
                   representations=representations, units=units, cells=cells, gaps=gaps(units),
                   tests=run_tests(units, representations, comparisons, PRIMARY_METRIC, SETTINGS, REPORT_GROUPS),
                   comparisons=comparisons,
+                  mixed_checkpoints={rep: hashes for rep, hashes in per_row.items() if len(hashes) > 1},
                   corpora=sorted({u.train_corpus for us in units.values() for u in us}),
                   seeds=sorted({u.seed for us in units.values() for u in us}), pretraining=behind,
                   missing=missing, skipped=skipped, realism=dict(realism or {}), costs=study_costs(chosen, behind),

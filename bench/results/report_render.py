@@ -88,6 +88,11 @@ def limitations(report: Report) -> list[str]:
         curve = "no loss curve kept" if movement is None else movement_text(movement)
         out.append(f"{trained_text(build)} was pretrained for {budget_text(build)} on {build.get('data_name', '?')}; "
                    f"{curve}.")
+    for rep, hashes in report.mixed_checkpoints.items():
+        out.append(f"{rep}'s row pools runs of {len(hashes)} different checkpoints ("
+                   + ", ".join(f"{h}: {n} run(s)" for h, n in sorted(hashes.items())) + "): its pretraining was "
+                   "built more than once and did not reproduce its bits (another machine or software version); "
+                   "read its cells as a mix of those builds.")
     if report.corpora:
         synthetic = [c for c in report.corpora if c.startswith("embedded")]
         if synthetic:
