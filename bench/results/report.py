@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from bench.errors import ConfigError
 from bench.results import stats
 from bench.results.pretraining import LossMovement, build_key, checkpoint_hash, latest_builds
 from bench.results.report_tests import DEFAULT_COMPARISONS, Test, run_tests
 from bench.results.study_cost import StageCost, study_costs
-from bench.errors import ConfigError
 from bench.results.tables import display_name, metric_value
 
 REPORT_GROUPS = ("audiovisual SSL", "audio SSL", "speaker SSL", "supervised", "hand-crafted", "random", "other")
@@ -252,12 +252,12 @@ def gaps(units: dict[tuple[str, str, str], list[Unit]]) -> dict[tuple[str, str],
 def check_comparisons(sweep, comparisons: list[tuple[str, str]]) -> None:
     """Every side names a report group or one of the sweep's representations (a typo would otherwise
     leave a family silently empty)."""
-    known = set(REPORT_GROUPS) | set(configured_representations(sweep))
-    unknown = [side for pair in comparisons for side in pair if side not in known]
+    configured = configured_representations(sweep)
+    unknown = [side for pair in comparisons for side in pair if side not in REPORT_GROUPS and side not in configured]
     if unknown:
         raise ConfigError(f"{getattr(sweep, 'source', sweep.name)}: comparisons name {', '.join(map(repr, unknown))}, "
                           f"which is neither a report group ({', '.join(REPORT_GROUPS)}) nor a representation of "
-                          f"this sweep ({', '.join(configured_representations(sweep))}).")
+                          f"this sweep ({', '.join(configured)}).")
 
 
 def configured_representations(sweep) -> list[str]:

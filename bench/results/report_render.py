@@ -169,12 +169,13 @@ def render_markdown(report: Report) -> str:
     out += ["## Generalisation gap (in-domain minus cross-corpus)\n",
             markdown_table(GAP_HEADER, gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
+    compared = families(report)
     out += ["## Paired tests\n", PAIRED_NOTE + "\n"]
-    for title, tests, _ in families(report):
+    for title, tests, _ in compared:
         out += [f"### {title}\n", markdown_table(["A", "B", "task", "A vs B", "p", "p_Holm", f"significant (α = {ALPHA})",
                                                   "test"], test_rows(tests)) if tests else NO_PAIR + "\n"]
     out += ["## Findings\n"]
-    for title, tests, summary in families(report):
+    for title, tests, summary in compared:
         out += [f"### {title}\n", f"**{summary}**\n"] + [f"- {finding(t)}" for t in tests] + [""]
     out += ["## Compute, by stage\n", COST_NOTE + "\n",
             markdown_table(COST_HEADER, cost_rows(report)) if report.costs else "No record yet.\n"]
@@ -253,12 +254,13 @@ def render_html(report: Report) -> str:
               _html_table(GAP_HEADER, gap_rows(report)) if report.gaps
               else "<p>No representation has both in-domain and cross-corpus records yet.</p>",
               "<h2>Paired tests</h2>", f"<p>{html.escape(PAIRED_NOTE)}</p>"]
-    for title, tests, _ in families(report):
+    compared = families(report)
+    for title, tests, _ in compared:
         parts += [f"<h3>{html.escape(title)}</h3>",
                   _html_table(["A", "B", "task", "A vs B", "p", "p_Holm", "significant", "test"], test_rows(tests))
                   if tests else f"<p>{NO_PAIR}</p>"]
     parts.append("<h2>Findings</h2>")
-    for title, tests, summary in families(report):
+    for title, tests, summary in compared:
         parts += [f"<h3>{html.escape(title)}</h3><p><b>{html.escape(summary)}</b></p><ul>"]
         parts += [f"<li>{html.escape(finding(t))}</li>" for t in tests] + ["</ul>"]
     parts += ["<h2>Compute, by stage</h2>", f"<p>{html.escape(COST_NOTE)}</p>",

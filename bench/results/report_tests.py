@@ -108,15 +108,22 @@ def run_tests(units: dict[tuple[str, str, str], list], representations: dict[str
     return tests
 
 
+def outcome(test: Test) -> str:
+    """"better" or "worse" (A than B, significantly after Holm), else "not different"."""
+    if test.p_holm >= ALPHA:
+        return "not different"
+    return "better" if (test.mean_a > test.mean_b) == METRICS[test.metric].higher_is_better else "worse"
+
+
 def finding(test: Test) -> str:
     """One sentence from one test, with its numbers."""
     m = METRICS[test.metric]
     unit = "%" if m.scale == 100 else ""
     numbers = f"{m.title.split(' (')[0].lower()} {m.fmt(test.mean_a)}{unit} vs {m.fmt(test.mean_b)}{unit}"
     where = f"{test.task}, {test.setting}"
-    if test.p_holm < ALPHA:
-        better = (test.mean_a > test.mean_b) == m.higher_is_better
-        return (f"{test.a} is significantly {'better' if better else 'worse'} than {test.b} on {where} "
+    result = outcome(test)
+    if result != "not different":
+        return (f"{test.a} is significantly {result} than {test.b} on {where} "
                 f"({numbers}, p_Holm = {test.p_holm:.3g}).")
     return (f"{test.a} and {test.b} do not differ significantly on {where} "
             f"({numbers}, p_Holm = {test.p_holm:.3g}).")
@@ -127,8 +134,8 @@ def family_summary(family: tuple[str, str], tests: list[Test]) -> str:
     a, b = family
     if not tests:
         return f"{a} against {b}: no pair of records to test yet."
-    better = sum(t.p_holm < ALPHA and (t.mean_a > t.mean_b) == METRICS[t.metric].higher_is_better for t in tests)
-    worse = sum(t.p_holm < ALPHA for t in tests) - better
+    outcomes = [outcome(t) for t in tests]
+    better, worse = outcomes.count("better"), outcomes.count("worse")
     return (f"{a} against {b}: of {len(tests)} paired tests (pairs x tasks x settings), {a} is significantly better "
             f"in {better}, significantly worse in {worse}, and not significantly different in "
             f"{len(tests) - better - worse} (p_Holm < {ALPHA}, Holm within this comparison).")

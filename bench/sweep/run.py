@@ -178,13 +178,13 @@ def _execute(executor, jobs: list[dict], sweep: Sweep, force: bool, plugins, sum
     another machine sharing the data folder) is passed over, not waited for, so the two share the grid;
     once the rest is done, this sweep comes back to the runs it passed over and waits for them."""
     failed_stages: dict[str, str] = {}
-    passed_over = [job["label"] for job in _log_outcomes(
+    passed_over = list(_log_outcomes(
         executor.execute([{**job, "wait": job.get("kind") == "pretraining"} for job in jobs], sweep.records,
-                         force=force, plugins=plugins), summary, failed_stages)]
+                         force=force, plugins=plugins), summary, failed_stages))
     if passed_over:
         log.info("%d run(s) were running in another process when their turn came; waiting for them now: %s",
-                 len(passed_over), "; ".join(passed_over))
-        again = [{**job, "wait": True} for job in jobs if job["label"] in set(passed_over)]
+                 len(passed_over), "; ".join(job["label"] for job in passed_over))
+        again = [{**job, "wait": True} for job in passed_over]
         list(_log_outcomes(executor.execute(again, sweep.records, force=force, plugins=plugins), summary,
                            failed_stages))
     return failed_stages
