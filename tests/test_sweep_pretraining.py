@@ -111,6 +111,33 @@ def test_recorded_runs_need_no_rebuild_and_a_rebuild_matches_them(tiny_corpus, o
     assert file_sha256(pretrained_dir(built["identity"]) / "encoder.pt") == built["checkpoint_sha256"]
 
 
+def test_a_checkpoint_here_unlike_the_recorded_build_is_named_before_its_runs_are_run_again(
+        tiny_corpus, own_data, tmp_path, caplog):
+    """The data folder holds a build of the entry whose bits differ from the recorded one (built on
+    another machine): the dry run and the sweep say so, and the runs are run again on this build."""
+    import torch
+
+    data = str(tiny_corpus.manifest.path)
+    config = _write_sweep(tmp_path, data)
+    run_sweep(load_sweep(config), progress=False)
+    [built] = read_records(pretraining_records_path(load_sweep(config).records))
+    encoder = pretrained_dir(built["identity"]) / "encoder.pt"
+    saved = torch.load(encoder, map_location="cpu", weights_only=False)
+    first = next(iter(saved["encoder"]))
+    saved["encoder"][first] = saved["encoder"][first] + 1e-3
+    torch.save(saved, encoder)
+    here = file_sha256(encoder)[:16]
+
+    report = dry_run_report(load_sweep(config), device="cpu")
+    assert f"complete here (checkpoint {here}, not a recorded build: {built['checkpoint_hash']})" in report
+    assert f"checkpoint {here} differs from the recorded build {built['checkpoint_hash']}" in report
+    with caplog.at_level("WARNING", logger="avbench"):
+        summary = run_sweep(load_sweep(config), progress=False)
+    assert f"differs from the recorded build {built['checkpoint_hash']}" in caplog.text
+    assert summary["ran"] == 1 and summary["skipped"] == 0
+    assert [r["checkpoint_hash"] for r in read_records(load_sweep(config).records)] == [built["checkpoint_hash"], here]
+
+
 def _sweep_killed_at_step_2(config: str, data: str) -> None:
     """A sweep process killed (SIGKILL) right after its pretraining saved step 2 of 4."""
     os.environ["AVBENCH_DATA"] = data

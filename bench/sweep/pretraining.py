@@ -150,6 +150,18 @@ class Stage:
         """The checkpoint hashes earlier builds of this identity recorded, latest first, each once."""
         return list(dict.fromkeys(r["checkpoint_hash"] for r in reversed(self.records) if r.get("checkpoint_hash")))
 
+    def unlike_recorded(self, checkpoint_hash: str | None = None) -> str | None:
+        """Why this machine's build (or `checkpoint_hash`, one just built) will not match the recorded
+        runs: its bits differ from every recorded build's (another CPU, GPU or thread count), so the runs
+        recorded on those are run again on this one. None when they match or nothing is recorded."""
+        built = checkpoint_hash or self.checkpoint_hash
+        recorded = self.recorded_hashes
+        if not built or not recorded or built in recorded:
+            return None
+        return (f"checkpoint {built} differs from the recorded build{'s' if len(recorded) > 1 else ''} "
+                f"{', '.join(recorded)}: the runs recorded on {'those' if len(recorded) > 1 else 'it'} are run again "
+                "on this one, and until they all are the report flags the row as pooling two checkpoints")
+
     def label(self) -> str:
         from bench.pretrain.loop import describe_run
 

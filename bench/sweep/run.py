@@ -142,11 +142,14 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
         elif stage not in to_build:
             log.info("pretraining %s: %s", stage.name, "complete at " + str(stage.folder) if stage.complete
                      else "not needed: every run that evaluates it is recorded")
+            if stage.complete and stage.unlike_recorded():
+                log.warning("pretraining %s: %s", stage.name, stage.unlike_recorded())
     later = [(i, r) for i, r in pending if stage_of(r.config.encoder, to_build)]
     waiting = {i for i, _ in later}
     first = [s.job(n, len(to_build)) for n, s in enumerate(to_build, 1)] \
         + [_job(i, run, len(plan)) for i, run in pending if i not in waiting]
     failed_stages = _execute(executor, first, sweep, force, plugins, summary)
+    _warn_unlike_recorded([s for s in to_build if s.name not in failed_stages])
     if later:  # their checkpoints exist now (or failed): plan them again with the files' hashes
         replan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(
             [s for s in stages if s not in to_build]), recorded=done)
@@ -165,6 +168,16 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
         write_sidecar(sweep, replan, stages)
         _execute(executor, jobs, sweep, force, plugins, summary)
     return summary
+
+
+def _warn_unlike_recorded(built: list[Stage]) -> None:
+    """Say so when a checkpoint just built is not bit-identical to the recorded build its runs used."""
+    from bench.files import file_sha256
+
+    for stage in built:
+        why = stage.unlike_recorded(file_sha256(stage.encoder_path)[:16])
+        if why:
+            log.warning("pretraining %s: %s", stage.name, why)
 
 
 def _job(index: int, run: PlannedRun, count: int) -> dict:
