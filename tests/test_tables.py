@@ -287,3 +287,12 @@ def test_headings_are_readable_and_the_full_task_ids_sit_in_the_caption():
     _, md, _ = rendered([make_record("mfcc39", task=task, task_type="speaker-id")])
     assert "## Table 1. Speaker id, embedded:default (accent: 5 values)\n" in md
     assert f"Task `{task}` (speaker-id)" in md
+
+
+def test_the_index_lists_a_files_few_commits_and_counts_many():
+    from bench.results.index import commits_text
+
+    few = [{"git_commit": "125e47f3da04424bd912ae47bdd3d71d979600f9-dirty"}, {"git_commit": None}]
+    assert commits_text(few) == "125e47f3da04-dirty, unknown"
+    many = [{"git_commit": f"{i:040x}" + ("-dirty" if i % 2 else "")} for i in range(5)] * 2
+    assert commits_text(many) == "5 commits, 2 of them with uncommitted changes (each run's `git_commit` is in its record)"

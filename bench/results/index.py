@@ -58,7 +58,19 @@ def render_files(index: list[tuple[str, str, list[dict]]], summary: dict[str, An
         # A cross-dataset record is an extra test of the run it names in eval_of.
         names = sorted({n for r in records for n in ([r["sweep"]] if r.get("sweep") else
                                                      sweeps.get(r.get("eval_of") or r["config_hash"], []))})
-        commits = sorted({str(r.get("git_commit") or "unknown") for r in records})
-        commits = [c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
-        out.write(f"| [{name}]({name}) | {what} | {', '.join(names) or '—'} | {', '.join(commits)} |\n")
+        out.write(f"| [{name}]({name}) | {what} | {', '.join(names) or '—'} | {commits_text(records)} |\n")
     return out.getvalue()
+
+
+# Beyond this many, a file's commits are counted, not listed: a list of 70 hashes per row hides the table.
+LISTED_COMMITS = 3
+
+
+def commits_text(records: list[dict]) -> str:
+    """The git commits behind `records`: listed when few, else counted (each run's stays in its record)."""
+    commits = sorted({str(r.get("git_commit") or "unknown") for r in records})
+    if len(commits) <= LISTED_COMMITS:
+        return ", ".join(c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits)
+    dirty = sum(c.endswith("-dirty") for c in commits)
+    return (f"{len(commits)} commits" + (f", {dirty} of them with uncommitted changes" if dirty else "")
+            + " (each run's `git_commit` is in its record)")
