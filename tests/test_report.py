@@ -313,7 +313,9 @@ def test_one_seed_over_two_corpora_gets_a_bootstrap_interval_inside_the_metric_r
     assert 0.0 <= cell.ci[0] < cell.mean < cell.ci[1] <= 1.0 and cell.ci[1] - cell.ci[0] < 0.15
     gap = report.gaps[("av-joint", "words")]
     assert gap.ci_kind == "bootstrap over test items" and gap.ci[0] < gap.mean < gap.ci[1]
-    assert "‡" in render_markdown(report)
+    assert "‡ marks a cell of one seed" in render_markdown(report)
+    full = build_report(FakeSweep, study_records(n_right_av=(95, 78)), planned(study_records(n_right_av=(95, 78))))
+    assert "‡" not in render_markdown(full) and "‡" not in render_html(full)  # no key to a mark no cell carries
 
 
 def test_limitations_say_how_far_each_pretraining_loss_moved_and_flag_a_flat_one(tmp_path):

@@ -37,6 +37,11 @@ def cell_text(report: Report, key: tuple[str, str, str]) -> str:
     return f"{_fmt(metric, cell.mean)}{ci} (n={len(cell.values)}){mark}"
 
 
+def one_seed_legend(report: Report, legend: str) -> str:
+    """`legend` (what ‡ means) when some cell carries the mark, else nothing: a key to no mark misleads."""
+    return legend if any(not cell.ci_kind.startswith("t over") for cell in report.cells.values()) else ""
+
+
 def main_table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     header = ["group", "representation"] + [f"{TASK_TITLES[t]}, {s}" for t, s in report.columns]
     rows = [[group, rep] + [cell_text(report, (rep, t, s)) for t, s in report.columns]
@@ -164,8 +169,9 @@ def render_markdown(report: Report) -> str:
     out += [f"- {line}" for line in _setup_lines(report)] + [""]
     out += ["## Main table\n", "Metric: accuracy (%) for words, speaker id and emotion; equal error rate (%, lower "
             "is better) for speaker verification. Each cell: mean [95% CI] (n = runs, over training corpora and "
-            "seeds). The CI is Student's t over seeds (each seed's mean over the corpora); ‡ marks a cell of one "
-            "seed, whose CI is the bootstrap over its runs' test items.\n", markdown_table(header, rows)]
+            "seeds). The CI is Student's t over seeds (each seed's mean over the corpora)"
+            + one_seed_legend(report, "; ‡ marks a cell of one seed, whose CI is the bootstrap over its runs' test items")
+            + ".\n", markdown_table(header, rows)]
     out += ["## Generalisation gap (in-domain minus cross-corpus)\n",
             markdown_table(GAP_HEADER, gap_rows(report))
             if report.gaps else "No representation has both in-domain and cross-corpus records yet.\n"]
@@ -244,7 +250,8 @@ def render_html(report: Report) -> str:
                         f"<p><b>Question.</b> {html.escape(report.question)}</p>", "<h2>Setup</h2><ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in _setup_lines(report)] + ["</ul>", "<h2>Main table</h2>",
               "<p>Accuracy (%) for words, speaker id and emotion; EER (%, lower is better) for speaker verification. "
-              "Mean [95% CI] (n runs); CI: t over seeds; ‡: one seed, bootstrap CI over the test items.</p>",
+              "Mean [95% CI] (n runs); CI: t over seeds"
+              + one_seed_legend(report, "; ‡: one seed, bootstrap CI over the test items") + ".</p>",
               _html_table(header, rows, "main-table")]
     png = _figure_png(report)
     if png is not None:

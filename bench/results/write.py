@@ -86,7 +86,7 @@ def report_files(sweep, records: list, planned: set[str], pretraining: list, rec
 def study_section(records_path: Path, records: list, pretraining: list) -> tuple[str, dict[str, bytes]]:
     """The opening of results/README.md: the study's main table and its report files, when the sweeps
     sidecar names the study's config and runs; else how to make them."""
-    from bench.results.report_render import families, main_table_rows, markdown_table
+    from bench.results.report_render import families, main_table_rows, markdown_table, one_seed_legend
     from bench.sweep.config import load_sweep
 
     entry = results_index.sweep_entries(records_path).get(STUDY)
@@ -97,8 +97,8 @@ def study_section(records_path: Path, records: list, pretraining: list) -> tuple
     sweep = load_sweep(records_path.parent / entry["config"])
     report, files = report_files(sweep, records, set(entry["config_hashes"]), pretraining, records_path)
     text = (f"# The study\n\n**{report.question}**\n\n{markdown_table(*main_table_rows(report))}\nMean [95% CI] "
-            f"(n runs over corpora and seeds); accuracy (%), EER (%) for verification; CI: t over seeds; ‡ one seed "
-            f"(bootstrap CI over the test items).\n\n"
+            f"(n runs over corpora and seeds); accuracy (%), EER (%) for verification; CI: t over seeds"
+            f"{one_seed_legend(report, '; ‡ one seed (bootstrap CI over the test items)')}.\n\n"
             + "".join(f"- {summary}\n" for _, _, summary in families(report))
             + f"\nThe whole report, with the generalisation gaps, the paired tests and every finding: "
             f"[{STUDY}/report.md]({STUDY}/report.md), [{STUDY}/report.html]({STUDY}/report.html).\n\n")
