@@ -102,6 +102,11 @@ class CellStats:
     ci: tuple[float, float] | None
     ci_kind: str          # "t over N seeds" | "bootstrap over test items" | reason there is none
 
+    @property
+    def one_seed(self) -> bool:
+        """No t interval over seeds: the report marks such a cell ‡."""
+        return not self.ci_kind.startswith("t over")
+
 
 @dataclass
 class Report:

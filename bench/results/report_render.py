@@ -33,13 +33,13 @@ def cell_text(report: Report, key: tuple[str, str, str]) -> str:
         return "—"
     metric = PRIMARY_METRIC[key[1]]
     ci = "" if cell.ci is None else f" [{_fmt(metric, cell.ci[0])}, {_fmt(metric, cell.ci[1])}]"
-    mark = "" if cell.ci_kind.startswith("t over") else "‡"
+    mark = "‡" if cell.one_seed else ""
     return f"{_fmt(metric, cell.mean)}{ci} (n={len(cell.values)}){mark}"
 
 
 def one_seed_legend(report: Report, legend: str) -> str:
     """`legend` (what ‡ means) when some cell carries the mark, else nothing: a key to no mark misleads."""
-    return legend if any(not cell.ci_kind.startswith("t over") for cell in report.cells.values()) else ""
+    return legend if any(cell.one_seed for cell in report.cells.values()) else ""
 
 
 def main_table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -107,7 +107,7 @@ def limitations(report: Report) -> list[str]:
     if counts:
         out.append(f"Runs per cell: {counts[0]}" + (f" to {counts[-1]}" if counts[-1] != counts[0] else "")
                    + f" (seeds {', '.join(map(str, report.seeds))} over {len(report.corpora)} training corpora).")
-    one = sum(1 for c in report.cells.values() if not c.ci_kind.startswith("t over"))
+    one = sum(c.one_seed for c in report.cells.values())
     if one:
         out.append(f"{one} cell(s) rest on one seed: their interval (‡) covers only the finite test sets, not "
                    "the spread over training seeds.")
