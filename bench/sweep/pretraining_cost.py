@@ -66,8 +66,8 @@ def pretraining_report(stages: list[Stage], remaining_encoders: set[str], device
         if stage.problem:
             status = "cannot start (below)"
         elif stage.complete:
-            status = f"complete here (checkpoint {stage.checkpoint_hash}" + (
-                f", not a recorded build: {', '.join(stage.recorded_hashes)})" if stage.unlike_recorded() else ")")
+            unlike = f", not a recorded build: {', '.join(stage.recorded_hashes)}" if stage.unlike_recorded() else ""
+            status = f"complete here (checkpoint {stage.checkpoint_hash}{unlike})"
         elif not needed:
             builds = ", ".join(stage.recorded_hashes) or "?"
             status = f"not needed: its runs are recorded (checkpoint {builds})"
@@ -90,5 +90,5 @@ def pretraining_report(stages: list[Stage], remaining_encoders: set[str], device
         if stage.problem:
             problems.setdefault(stage.problem, []).append(stage.name)
     lines += [f"  {', '.join(names)} cannot start: {problem}" for problem, names in problems.items()]
-    lines += [f"  {stage.name}: {stage.unlike_recorded()}" for stage in stages if stage.complete and stage.unlike_recorded()]
+    lines += [f"  {stage.name}: {why}" for stage in stages if (why := stage.unlike_recorded())]
     return lines, total

@@ -142,14 +142,17 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
         elif stage not in to_build:
             log.info("pretraining %s: %s", stage.name, "complete at " + str(stage.folder) if stage.complete
                      else "not needed: every run that evaluates it is recorded")
-            if stage.complete and stage.unlike_recorded():
-                log.warning("pretraining %s: %s", stage.name, stage.unlike_recorded())
+            if why := stage.unlike_recorded():  # None unless a build is complete here
+                log.warning("pretraining %s: %s", stage.name, why)
     later = [(i, r) for i, r in pending if stage_of(r.config.encoder, to_build)]
     waiting = {i for i, _ in later}
     first = [s.job(n, len(to_build)) for n, s in enumerate(to_build, 1)] \
         + [_job(i, run, len(plan)) for i, run in pending if i not in waiting]
-    failed_stages = _execute(executor, first, sweep, force, plugins, summary)
-    _warn_unlike_recorded([s for s in to_build if s.name not in failed_stages])
+    built = _execute(executor, first, sweep, force, plugins, summary)
+    failed_stages = {name: outcome["error"] for name, outcome in built.items() if outcome["status"] == "failed"}
+    for stage in to_build:
+        if why := stage.unlike_recorded(built.get(stage.name, {}).get("checkpoint_hash")):
+            log.warning("pretraining %s: %s", stage.name, why)
     if later:  # their checkpoints exist now (or failed): plan them again with the files' hashes
         replan = plan_runs(sweep, progress=progress, checkpoints=known_checkpoints(
             [s for s in stages if s not in to_build]), recorded=done)
@@ -170,51 +173,43 @@ def run_sweep(sweep: Sweep, *, force: bool = False, progress: bool = True, execu
     return summary
 
 
-def _warn_unlike_recorded(built: list[Stage]) -> None:
-    """Say so when a checkpoint just built is not bit-identical to the recorded build its runs used."""
-    from bench.files import file_sha256
-
-    for stage in built:
-        why = stage.unlike_recorded(file_sha256(stage.encoder_path)[:16])
-        if why:
-            log.warning("pretraining %s: %s", stage.name, why)
-
-
 def _job(index: int, run: PlannedRun, count: int) -> dict:
     return {"index": index, "label": f"[{index}/{count}] {run.label}", "config": asdict(run.config)}
 
 
-def _execute(executor, jobs: list[dict], sweep: Sweep, force: bool, plugins, summary: dict) -> dict[str, str]:
-    """Hand `jobs` to the executor, log each outcome into `summary`; return the failed pretraining entries.
+def _execute(executor, jobs: list[dict], sweep: Sweep, force: bool, plugins, summary: dict) -> dict[str, dict]:
+    """Hand `jobs` to the executor, log each outcome into `summary`; return the pretraining entries'
+    outcomes by entry name (failed with its error, or built with its checkpoint hash).
 
     A run that another process is running (a second sweep of the same grid, in another terminal or on
     another machine sharing the data folder) is passed over, not waited for, so the two share the grid;
     once the rest is done, this sweep comes back to the runs it passed over and waits for them."""
-    failed_stages: dict[str, str] = {}
+    stage_outcomes: dict[str, dict] = {}
     passed_over = list(_log_outcomes(
         executor.execute([{**job, "wait": job.get("kind") == "pretraining"} for job in jobs], sweep.records,
-                         force=force, plugins=plugins), summary, failed_stages))
+                         force=force, plugins=plugins), summary, stage_outcomes))
     if passed_over:
         log.info("%d run(s) were running in another process when their turn came; waiting for them now: %s",
                  len(passed_over), "; ".join(job["label"] for job in passed_over))
         again = [{**job, "wait": True} for job in passed_over]
         list(_log_outcomes(executor.execute(again, sweep.records, force=force, plugins=plugins), summary,
-                           failed_stages))
-    return failed_stages
+                           stage_outcomes))
+    return stage_outcomes
 
 
-def _log_outcomes(outcomes, summary: dict, failed_stages: dict[str, str]):
-    """Log each (job, outcome) into `summary` and `failed_stages`; yield the jobs another process was running."""
+def _log_outcomes(outcomes, summary: dict, stage_outcomes: dict[str, dict]):
+    """Log each (job, outcome) into `summary`, and a pretraining job's into `stage_outcomes` by entry
+    name; yield the jobs another process was running."""
     for job, outcome in outcomes:
         pretraining = job.get("kind") == "pretraining"
+        if pretraining and outcome["status"] != "busy":
+            stage_outcomes[job["name"]] = outcome
         if outcome["status"] == "busy":
             log.info("%s: running in another process; this sweep comes back to it after its other runs", job["label"])
             yield job
         elif outcome["status"] == "failed":
             log.error("%s failed: %s", job["label"], outcome["error"])
             summary["failed"].append(f"{job['label']}: {outcome['error']}")
-            if pretraining:
-                failed_stages[job["name"]] = outcome["error"]
         elif pretraining:
             summary["pretrained" if outcome["status"] == "ok" else "pretraining_reused"] += 1
             log.info("%s: %s, final loss %s, checkpoint %s", job["label"],
