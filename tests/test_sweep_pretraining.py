@@ -138,6 +138,24 @@ def test_a_checkpoint_here_unlike_the_recorded_build_is_named_before_its_runs_ar
     assert [r["checkpoint_hash"] for r in read_records(load_sweep(config).records)] == [built["checkpoint_hash"], here]
 
 
+def test_a_checkpoint_just_built_unlike_the_recorded_build_is_named(tiny_corpus, own_data, tmp_path, monkeypatch,
+                                                                    caplog):
+    """A fresh data folder whose records name a build with other bits (made on another machine): the
+    sweep rebuilds the checkpoint for a new run and warns that it is not the recorded build."""
+    data = str(tiny_corpus.manifest.path)
+    config = _write_sweep(tmp_path, data)
+    run_sweep(load_sweep(config), progress=False)
+    records = pretraining_records_path(load_sweep(config).records)
+    [built] = read_records(records)
+    records.write_text(json.dumps({**built, "checkpoint_hash": "0" * 16}) + "\n")  # the only recorded build
+    monkeypatch.setenv("AVBENCH_DATA", str(tmp_path / "fresh"))
+    grown = _write_sweep(tmp_path, data, seeds=[0, 1])
+    with caplog.at_level("WARNING", logger="avbench"):
+        summary = run_sweep(load_sweep(grown), progress=False)
+    assert summary["pretrained"] == 1
+    assert f"checkpoint {built['checkpoint_hash']} differs from the recorded build {'0' * 16}" in caplog.text
+
+
 def _sweep_killed_at_step_2(config: str, data: str) -> None:
     """A sweep process killed (SIGKILL) right after its pretraining saved step 2 of 4."""
     os.environ["AVBENCH_DATA"] = data
